@@ -1,0 +1,23 @@
+//! tmc-relay moves Taobao Open Platform (TOP) message-service (TMC) messages into Amazon SQS,
+//! confirming to TMC only what SQS has safely accepted.
+//!
+//! # Layout
+//!
+//! - [`top`]: the TOP client: signing, request building, response envelopes, errors and the typed
+//!   `taobao.tmc.*` / `taobao.jushita.jms.*` calls.
+//! - [`sim`]: a strict local TMC gateway (`tmc-sim`) used by tests, the demo and benchmarks.
+//! - [`relay`]: one relay pass (consume → claim → enqueue → mark → confirm) written against ports.
+//! - [`aws`]: the SQS and DynamoDB adapters behind the relay's ports.
+//! - [`config`]: environment configuration, read and validated once at start.
+//! - [`invocation`]: the Lambda event / backfill payload and how it overrides the configuration.
+//! - [`wiring`]: the one place where configuration becomes real clients and a relay.
+//! - [`telemetry`]: tracing setup and the CloudWatch Embedded Metric Format line.
+
+pub mod aws;
+pub mod config;
+pub mod invocation;
+pub mod relay;
+pub mod sim;
+pub mod telemetry;
+pub mod top;
+pub mod wiring;

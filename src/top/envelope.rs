@@ -1,0 +1,255 @@
+//! The one place where a gateway response becomes `Ok(object)` or a `TopError`.
+
+use serde_json::{Map, Value};
+
+use super::error::{body_head, TopError};
+use super::message::type_name;
+
+/// How much of an undecodable body an error keeps as evidence.
+pub const BODY_HEAD: usize = 256;
+
+/// `taobao.tmc.messages.consume` → `tmc_messages_consume_response`.
+pub fn response_key(method: &str) -> String {
+    let name = method.strip_prefix("taobao.").unwrap_or(method);
+    format!("{}_response", name.replace('.', "_"))
+}
+
+/// Decodes a body in either the plain (`<name>_response` root) or the simplified shape.
+pub fn decode(method: &str, status: u16, body: &[u8]) -> Result<Map<String, Value>, TopError> {
+    let ok_status = (200..300).contains(&status);
+    let fail = |reason: String| {
+        if ok_status {
+            TopError::Decode {
+                method: method.to_owned(),
+                status,
+                reason,
+                body_head: body_head(body, BODY_HEAD),
+            }
+        } else {
+            TopError::Http {
+                method: method.to_owned(),
+                status,
+                body_head: body_head(body, BODY_HEAD),
+            }
+        }
+    };
+    let value: Value = serde_json::from_slice(body).map_err(|e| fail(format!("not JSON ({e})")))?;
+    let Value::Object(mut root) = value else {
+        return Err(fail(format!(
+            "expected a JSON object, got {}",
+            type_name(&value)
+        )));
+    };
+    if let Some(err) = root.remove("error_response") {
+        return Err(api_error(method, &err));
+    }
+    if !ok_status {
+        return Err(fail(String::new()));
+    }
+    match root.remove(&response_key(method)) {
+        Some(Value::Object(inner)) => Ok(inner),
+        Some(other) => Err(fail(format!(
+            "{} is {}, not an object",
+            response_key(method),
+            type_name(&other)
+        ))),
+        None => Ok(root),
+    }
+}
+
+fn api_error(method: &str, err: &Value) -> TopError {
+    let text = |name: &str| match err.get(name) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let code = match err.get("code") {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(-1),
+        Some(Value::String(s)) => s.trim().parse().unwrap_or(-1),
+        _ => -1,
+    };
+    TopError::Api {
+        method: method.to_owned(),
+        code,
+        msg: text("msg").unwrap_or_default(),
+        sub_code: text("sub_code"),
+        sub_msg: text("sub_msg"),
+        request_id: text("request_id"),
+    }
+}
+
+/// Reads a list in any of the shapes the gateway uses: absent or null (empty), a plain array
+/// (simplified), an object wrapping one array by item type (`{"tmc_message":[...]}`), an empty
+/// object, or an object wrapping a single item.
+pub fn list(v: Option<&Value>) -> Result<Vec<Value>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => Ok(items.clone()),
+        Some(Value::Object(o)) if o.is_empty() => Ok(Vec::new()),
+        Some(Value::Object(o)) if o.len() == 1 => match o.values().next() {
+            Some(Value::Array(items)) => Ok(items.clone()),
+            Some(Value::Null) => Ok(Vec::new()),
+            Some(item @ Value::Object(_)) => Ok(vec![item.clone()]),
+            Some(other) => Err(format!("list wrapper holds {}", type_name(other))),
+            None => Ok(Vec::new()),
+        },
+        Some(other) => Err(format!("expected a list, got {}", type_name(other))),
+    }
+}
+
+/// Reads a boolean sent as `true`/`false` or `"true"`/`"false"`.
+pub fn boolean(v: Option<&Value>) -> Option<bool> {
+    match v? {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::top::error::ErrorClass;
+    use std::time::Duration;
+
+    const CONSUME: &str = "taobao.tmc.messages.consume";
+
+    /// Response keys follow the platform's naming rule.
+    #[test]
+    fn response_keys() {
+        assert_eq!(response_key(CONSUME), "tmc_messages_consume_response");
+        assert_eq!(
+            response_key("taobao.jushita.jms.user.add"),
+            "jushita_jms_user_add_response"
+        );
+    }
+
+    /// The captured plain response decodes, and its id survives exactly.
+    #[test]
+    fn decodes_the_real_plain_response() {
+        let body = br#"{"tmc_messages_consume_response":{"messages":{"tmc_message":[{"user_id":123456789,"user_nick":"usernick","content":"{\"nick\":\"usernick\",\"increment\":1,\"num\":502,\"changed_fields\":\"num\",\"num_iid\":15380658823}","id":7104300007405429232,"pub_time":"2013-10-05 10:55:58","pub_app_key":"12499723","topic":"taobao_item_ItemStockChanged"}]}}}"#;
+        let inner = decode(CONSUME, 200, body).unwrap();
+        let items = list(inner.get("messages")).unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0]["id"].as_u64(), Some(7_104_300_007_405_429_232));
+    }
+
+    /// The simplified shape has no root wrapper and plain arrays.
+    #[test]
+    fn decodes_simplified() {
+        let inner = decode(CONSUME, 200, br#"{"messages":[{"id":1}],"request_id":"r"}"#).unwrap();
+        assert_eq!(list(inner.get("messages")).unwrap().len(), 1);
+    }
+
+    /// Every empty-poll shape in the notes is an empty list.
+    #[test]
+    fn empty_polls() {
+        for body in [
+            r#"{}"#,
+            r#"{"tmc_messages_consume_response":{}}"#,
+            r#"{"messages":{}}"#,
+            r#"{"messages":{"tmc_message":[]}}"#,
+            r#"{"messages":[]}"#,
+            r#"{"messages":null}"#,
+            r#"{"tmc_messages_consume_response":{"messages":{"tmc_message":[]}}}"#,
+        ] {
+            let inner = decode(CONSUME, 200, body.as_bytes()).unwrap();
+            assert_eq!(
+                list(inner.get("messages")).unwrap(),
+                Vec::<Value>::new(),
+                "{body}"
+            );
+        }
+    }
+
+    /// error_response with a numeric code, a string code, no msg; classification follows.
+    #[test]
+    fn error_responses() {
+        let e = decode(CONSUME, 200, br#"{"error_response":{"code":7,"msg":"App Call Limited","sub_code":"accesscontrol.limited-by-app-access-count","sub_msg":"This ban will last for 31 more seconds","request_id":"x"}}"#).unwrap_err();
+        assert_eq!(
+            e.class(),
+            ErrorClass::RateLimited {
+                ban: Duration::from_secs(31)
+            }
+        );
+        let e = decode(
+            CONSUME,
+            200,
+            br#"{"error_response":{"code":"25","msg":"Invalid signature"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), Some(25));
+        assert!(matches!(e.class(), ErrorClass::Fatal { .. }));
+        let e = decode(CONSUME, 200, br#"{"error_response":{"code":"oops"}}"#).unwrap_err();
+        assert_eq!(e.code(), Some(-1));
+        assert_eq!(e.class(), ErrorClass::Permanent);
+        // An error envelope on a 5xx is still the API error.
+        let e = decode(
+            CONSUME,
+            500,
+            br#"{"error_response":{"code":10,"msg":"Service currently unavailable"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), Some(10));
+    }
+
+    /// HTML, truncated JSON and non-objects keep the status and the start of the body.
+    #[test]
+    fn undecodable_bodies_keep_evidence() {
+        let html = b"<html><body>502 Bad Gateway</body></html>";
+        match decode(CONSUME, 502, html).unwrap_err() {
+            TopError::Http {
+                status, body_head, ..
+            } => {
+                assert_eq!(status, 502);
+                assert!(body_head.starts_with("<html>"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match decode(CONSUME, 200, br#"{"messages":[{"id":71043"#).unwrap_err() {
+            TopError::Decode {
+                status,
+                reason,
+                body_head,
+                ..
+            } => {
+                assert_eq!(status, 200);
+                assert!(reason.contains("not JSON"), "{reason}");
+                assert!(body_head.starts_with("{\"messages\""));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode(CONSUME, 200, b"[]").unwrap_err(),
+            TopError::Decode { .. }
+        ));
+        assert!(matches!(
+            decode(CONSUME, 200, b"").unwrap_err(),
+            TopError::Decode { .. }
+        ));
+        let e = decode(CONSUME, 200, br#"{"tmc_messages_consume_response":5}"#).unwrap_err();
+        assert!(matches!(e, TopError::Decode { .. }));
+        let long = vec![b'x'; 10_000];
+        match decode(CONSUME, 200, &long).unwrap_err() {
+            TopError::Decode { body_head, .. } => assert_eq!(body_head.len(), BODY_HEAD),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Lists of the wrong type are refused, not silently emptied.
+    #[test]
+    fn wrong_list_types() {
+        assert!(list(Some(&serde_json::json!("x"))).is_err());
+        assert!(list(Some(&serde_json::json!({"tmc_message": 5}))).is_err());
+    }
+
+    /// Booleans come as JSON booleans or strings.
+    #[test]
+    fn booleans() {
+        assert_eq!(boolean(Some(&serde_json::json!(true))), Some(true));
+        assert_eq!(boolean(Some(&serde_json::json!("false"))), Some(false));
+        assert_eq!(boolean(Some(&serde_json::json!(1))), None);
+        assert_eq!(boolean(None), None);
+    }
+}

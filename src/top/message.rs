@@ -1,0 +1,189 @@
+//! A TMC message as received, with its 64-bit ids kept exact.
+
+use serde_json::Value;
+
+/// One `tmc_message`. Every field is optional because upstream may omit or garble any of them;
+/// the relay decides what a defect means (park, skip, or pass through).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TmcMessage {
+    /// The handle to confirm; `None` when absent or not a valid 64-bit id.
+    pub id: Option<u64>,
+    /// Why `id` is `None`, in words fit for a log or a parking record.
+    pub id_problem: Option<String>,
+    /// E.g. `taobao_trade_TradeChanged`.
+    pub topic: Option<String>,
+    /// The event payload: a string that usually holds JSON, forwarded byte for byte.
+    pub content: Option<String>,
+    /// `yyyy-MM-dd HH:mm:ss` in GMT+8, as sent.
+    pub pub_time: Option<String>,
+    /// The publishing app's key (number or string upstream; kept as text).
+    pub pub_app_key: Option<String>,
+    /// The seller's user id, exact.
+    pub user_id: Option<u64>,
+    pub user_nick: Option<String>,
+    /// The message as received (re-serialised), so a parked message keeps its original fields.
+    pub raw: Value,
+}
+
+impl TmcMessage {
+    /// Reads one message object. Never fails: defects are recorded in the fields.
+    pub fn from_value(v: Value) -> TmcMessage {
+        let obj = v.as_object();
+        let field = |name: &str| obj.and_then(|o| o.get(name)).filter(|v| !v.is_null());
+        let (id, id_problem) = match field("id").map(parse_id) {
+            None => (None, Some("message has no id".to_owned())),
+            Some(Ok(id)) => (Some(id), None),
+            Some(Err(why)) => (None, Some(why)),
+        };
+        let text = |name: &str| field(name).and_then(|v| v.as_str()).map(str::to_owned);
+        TmcMessage {
+            id,
+            id_problem,
+            topic: text("topic"),
+            content: text("content"),
+            pub_time: text("pub_time"),
+            pub_app_key: field("pub_app_key").and_then(scalar_text),
+            user_id: field("user_id").and_then(|v| parse_id(v).ok()),
+            user_nick: text("user_nick"),
+            raw: v,
+        }
+    }
+
+    /// The id as the exact decimal string that is stored, forwarded and confirmed.
+    pub fn id_string(&self) -> Option<String> {
+        self.id.map(|id| id.to_string())
+    }
+}
+
+/// A valid id is a JSON integer in `1..=u64::MAX`, or a string of such digits. serde_json
+/// reads integers straight into `u64`/`i64`, never through `f64`, so the digits are exact.
+pub fn parse_id(v: &Value) -> Result<u64, String> {
+    match v {
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                if u == 0 {
+                    Err("id is 0".to_owned())
+                } else {
+                    Ok(u)
+                }
+            } else if n.is_i64() {
+                Err(format!("id is negative ({n})"))
+            } else {
+                Err(format!("id is not a 64-bit integer ({n})"))
+            }
+        }
+        Value::String(s) => {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "id is a non-numeric string ({:?})",
+                    truncate(s, 40)
+                ));
+            }
+            match s.parse::<u64>() {
+                Ok(0) => Err("id is 0".to_owned()),
+                Ok(u) => Ok(u),
+                Err(_) => Err(format!("id is above u64::MAX ({})", truncate(s, 40))),
+            }
+        }
+        other => Err(format!("id has the wrong type ({})", type_name(other))),
+    }
+}
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+pub(crate) fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id_of(json: &str) -> Result<u64, String> {
+        parse_id(&serde_json::from_str::<Value>(json).unwrap())
+    }
+
+    /// Ids around 2^53 and up to u64::MAX keep every digit.
+    #[test]
+    fn ids_are_exact_beyond_f64() {
+        assert_eq!(id_of("9007199254740993"), Ok(9_007_199_254_740_993)); // 2^53 + 1
+        assert_eq!(id_of("7104300007405429232"), Ok(7_104_300_007_405_429_232));
+        assert_eq!(id_of("9223372036854775807"), Ok(i64::MAX as u64));
+        assert_eq!(id_of("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(
+            id_of("\"1172200053212681005\""),
+            Ok(1_172_200_053_212_681_005)
+        );
+        assert_eq!(
+            7_104_300_007_405_429_232u64.to_string(),
+            "7104300007405429232"
+        );
+    }
+
+    /// Each kind of bad id is refused with a reason.
+    #[test]
+    fn bad_ids_are_refused() {
+        assert!(id_of("0").unwrap_err().contains("0"));
+        assert!(id_of("-5").unwrap_err().contains("negative"));
+        assert!(id_of("18446744073709551616")
+            .unwrap_err()
+            .contains("64-bit"));
+        assert!(id_of("1.5").unwrap_err().contains("64-bit"));
+        assert!(id_of("7104300007405429232.0")
+            .unwrap_err()
+            .contains("64-bit"));
+        assert!(id_of("\"abc\"").unwrap_err().contains("non-numeric"));
+        assert!(id_of("\"18446744073709551616\"")
+            .unwrap_err()
+            .contains("above"));
+        assert!(id_of("true").unwrap_err().contains("boolean"));
+    }
+
+    /// The real captured message decodes field by field.
+    #[test]
+    fn decodes_the_real_message() {
+        let v: Value = serde_json::from_str(r#"{"user_id":123456789,"user_nick":"usernick","content":"{\"nick\":\"usernick\",\"increment\":1,\"num\":502,\"changed_fields\":\"num\",\"num_iid\":15380658823}","id":7104300007405429232,"pub_time":"2013-10-05 10:55:58","pub_app_key":"12499723","topic":"taobao_item_ItemStockChanged"}"#).unwrap();
+        let m = TmcMessage::from_value(v);
+        assert_eq!(m.id, Some(7_104_300_007_405_429_232));
+        assert_eq!(m.id_string().as_deref(), Some("7104300007405429232"));
+        assert_eq!(m.user_id, Some(123_456_789));
+        assert_eq!(m.topic.as_deref(), Some("taobao_item_ItemStockChanged"));
+        assert_eq!(m.pub_app_key.as_deref(), Some("12499723"));
+        assert_eq!(m.pub_time.as_deref(), Some("2013-10-05 10:55:58"));
+        assert!(m
+            .content
+            .as_deref()
+            .unwrap()
+            .contains("\"num_iid\":15380658823"));
+    }
+
+    /// Missing and null fields become None; a missing id says so.
+    #[test]
+    fn missing_fields_are_none() {
+        let m = TmcMessage::from_value(serde_json::json!({"topic": null, "content": 5}));
+        assert_eq!(m.id, None);
+        assert_eq!(m.id_problem.as_deref(), Some("message has no id"));
+        assert_eq!(m.topic, None);
+        assert_eq!(m.content, None);
+    }
+}
