@@ -10,11 +10,14 @@
 //! - [`aws`]: the SQS and DynamoDB adapters behind the relay's ports.
 //! - [`config`]: environment configuration, read and validated once at start.
 //! - [`invocation`]: the Lambda event / backfill payload and how it overrides the configuration.
+//! - [`fakeaws`]: test support: a fault-injecting proxy in front of moto and a fast in-memory
+//!   SQS/DynamoDB stand-in, both speaking the AWS JSON wire protocol.
 //! - [`wiring`]: the one place where configuration becomes real clients and a relay.
 //! - [`telemetry`]: tracing setup and the CloudWatch Embedded Metric Format line.
 
 pub mod aws;
 pub mod config;
+pub mod fakeaws;
 pub mod invocation;
 pub mod relay;
 pub mod sim;

@@ -1,0 +1,1 @@
+//! The strict local TMC gateway (in progress).
