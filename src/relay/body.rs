@@ -1,0 +1,416 @@
+//! What goes on the queue: the relay message body, its attributes, parking records and batch
+//! packing. Pure functions with exact expectations.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::ports::Outgoing;
+use crate::top::clock::pub_time_rfc3339;
+use crate::top::TmcMessage;
+
+/// SQS's per-batch entry limit.
+pub const MAX_BATCH_ENTRIES: usize = 10;
+/// SQS's per-request payload limit (all entries together).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// How FIFO message groups are chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FifoGroupBy {
+    /// One group per seller: ordering per shop, parallelism across shops.
+    #[default]
+    UserId,
+    /// One group per topic.
+    Topic,
+}
+
+impl std::str::FromStr for FifoGroupBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "user_id" => Ok(FifoGroupBy::UserId),
+            "topic" => Ok(FifoGroupBy::Topic),
+            other => Err(format!(
+                "unknown FIFO grouping {other:?}: expected user_id or topic"
+            )),
+        }
+    }
+}
+
+/// The relay message body (documented in the README). Ids are strings: JSON consumers in
+/// JavaScript or via `f64` would corrupt 64-bit integers.
+#[derive(Serialize)]
+struct RelayBody<'a> {
+    id: String,
+    topic: &'a str,
+    pub_time: Option<String>,
+    pub_app_key: Option<&'a str>,
+    user_id: Option<String>,
+    user_nick: Option<&'a str>,
+    group_name: &'a str,
+    content: &'a str,
+}
+
+/// Why a message cannot go to the relay queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Defect {
+    /// Machine-readable, e.g. `missing_topic`.
+    pub code: &'static str,
+    /// For humans.
+    pub reason: String,
+}
+
+/// Builds the relay queue entry for a message, or says why it must be parked.
+pub fn relay_entry(
+    msg: &TmcMessage,
+    group: &str,
+    fifo: Option<FifoGroupBy>,
+    max_bytes: usize,
+) -> Result<Outgoing, Defect> {
+    let id = msg.id.ok_or_else(|| Defect {
+        code: "invalid_id",
+        reason: msg
+            .id_problem
+            .clone()
+            .unwrap_or_else(|| "message has no id".into()),
+    })?;
+    let topic = msg
+        .topic
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Defect {
+            code: "missing_topic",
+            reason: "message has no topic".into(),
+        })?;
+    let content = msg.content.as_deref().ok_or_else(|| Defect {
+        code: "missing_content",
+        reason: "message has no content string".into(),
+    })?;
+    let body = RelayBody {
+        id: id.to_string(),
+        topic,
+        pub_time: msg.pub_time.as_deref().and_then(pub_time_rfc3339),
+        pub_app_key: msg.pub_app_key.as_deref(),
+        user_id: msg.user_id.map(|u| u.to_string()),
+        user_nick: msg.user_nick.as_deref(),
+        group_name: group,
+        content,
+    };
+    let body = sqs_safe_json(&body);
+    let mut attributes = vec![("topic", sqs_safe_text(topic)), ("tmc_id", id.to_string())];
+    if let Some(u) = msg.user_id {
+        attributes.push(("user_id", u.to_string()));
+    }
+    let (group_id, dedup_id) = match fifo {
+        None => (None, None),
+        Some(by) => {
+            let g = match (by, msg.user_id) {
+                (FifoGroupBy::UserId, Some(u)) => u.to_string(),
+                _ => sqs_safe_text(topic),
+            };
+            (Some(truncate_chars(&g, 128)), Some(id.to_string()))
+        }
+    };
+    let out = Outgoing {
+        id: id.to_string(),
+        body,
+        attributes,
+        group_id,
+        dedup_id,
+    };
+    if out.wire_size() > max_bytes {
+        return Err(Defect {
+            code: "too_large",
+            reason: format!(
+                "message is {} bytes, over the queue's {} byte limit",
+                out.wire_size(),
+                max_bytes
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// A parking record: the reason and the message's original fields. Content too large to
+/// park whole is cut, with its full size and a note.
+pub fn parking_entry(
+    msg: &TmcMessage,
+    group: &str,
+    defect: &Defect,
+    parked_at: &str,
+    max_bytes: usize,
+    entry_id: &str,
+) -> Outgoing {
+    #[derive(Serialize)]
+    struct Parked<'a> {
+        reason_code: &'a str,
+        reason: &'a str,
+        id: Option<String>,
+        group_name: &'a str,
+        parked_at: &'a str,
+        original: Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        content_bytes: Option<usize>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        content_truncated: bool,
+    }
+    let mut original = msg.raw.clone();
+    let mut record = Parked {
+        reason_code: defect.code,
+        reason: &defect.reason,
+        id: msg.id_string(),
+        group_name: group,
+        parked_at,
+        original: Value::Null,
+        content_bytes: None,
+        content_truncated: false,
+    };
+    let budget = max_bytes.saturating_sub(64 * 1024).max(1024);
+    if let Some(Value::String(c)) = original.get_mut("content") {
+        if c.len() > budget / 2 {
+            record.content_bytes = Some(c.len());
+            record.content_truncated = true;
+            let cut = truncate_bytes(c, budget / 2).to_owned();
+            *c = cut;
+        }
+    }
+    record.original = original;
+    let mut body = sqs_safe_json(&record);
+    if body.len() > budget {
+        // Something other than content is huge: keep the evidence we can.
+        record.original =
+            Value::String(truncate_bytes(&msg.raw.to_string(), budget / 2).to_owned());
+        record.content_truncated = true;
+        body = sqs_safe_json(&record);
+    }
+    let mut attributes = vec![("reason_code", defect.code.to_owned())];
+    if let Some(id) = msg.id {
+        attributes.push(("tmc_id", id.to_string()));
+    }
+    if let Some(t) = msg.topic.as_deref().filter(|t| !t.is_empty()) {
+        attributes.push(("topic", sqs_safe_text(t)));
+    }
+    Outgoing {
+        id: entry_id.to_owned(),
+        body,
+        attributes,
+        group_id: None,
+        dedup_id: None,
+    }
+}
+
+/// Serialises to JSON that contains only characters SQS accepts. serde_json already escapes
+/// U+0000–U+001F; U+FFFE and U+FFFF are legal in a Rust string and JSON but not in SQS, and can
+/// only occur inside JSON strings, so they are rewritten as `\uXXXX` escapes.
+pub fn sqs_safe_json<T: Serialize>(value: &T) -> String {
+    let s = serde_json::to_string(value)
+        .unwrap_or_else(|e| format!("{{\"serialisation_error\":{:?}}}", e.to_string()));
+    if !s.contains(['\u{FFFE}', '\u{FFFF}']) {
+        return s;
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '\u{FFFE}' => out.push_str("\\ufffe"),
+            '\u{FFFF}' => out.push_str("\\uffff"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// True for characters SQS accepts: `#x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD #x10000-#x10FFFF`.
+pub fn sqs_allowed(c: char) -> bool {
+    matches!(c as u32, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
+}
+
+/// Attribute values are raw text, not JSON: replace what SQS refuses with U+FFFD.
+pub fn sqs_safe_text(s: &str) -> String {
+    if s.chars().all(sqs_allowed) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| if sqs_allowed(c) { c } else { '\u{FFFD}' })
+        .collect()
+}
+
+/// Groups entries into SQS batches: at most 10 entries and 1 MiB per request, order kept.
+pub fn pack(entries: Vec<Outgoing>) -> Vec<Vec<Outgoing>> {
+    let mut batches = Vec::new();
+    let mut cur: Vec<Outgoing> = Vec::new();
+    let mut cur_bytes = 0;
+    for e in entries {
+        let size = e.wire_size();
+        if !cur.is_empty() && (cur.len() == MAX_BATCH_ENTRIES || cur_bytes + size > MAX_BATCH_BYTES)
+        {
+            batches.push(std::mem::take(&mut cur));
+            cur_bytes = 0;
+        }
+        cur_bytes += size;
+        cur.push(e);
+    }
+    if !cur.is_empty() {
+        batches.push(cur);
+    }
+    batches
+}
+
+fn truncate_bytes(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn msg(v: Value) -> TmcMessage {
+        TmcMessage::from_value(v)
+    }
+
+    fn real() -> TmcMessage {
+        msg(
+            json!({"user_id":123456789u64,"user_nick":"usernick","content":"{\"num_iid\":15380658823}","id":7104300007405429232u64,"pub_time":"2013-10-05 10:55:58","pub_app_key":"12499723","topic":"taobao_item_ItemStockChanged"}),
+        )
+    }
+
+    /// The body has the documented fields, exact id digits, RFC 3339 time and the content verbatim.
+    #[test]
+    fn builds_the_documented_body() {
+        let e = relay_entry(&real(), "default", None, 1 << 20).unwrap();
+        assert_eq!(
+            e.body,
+            r#"{"id":"7104300007405429232","topic":"taobao_item_ItemStockChanged","pub_time":"2013-10-05T10:55:58+08:00","pub_app_key":"12499723","user_id":"123456789","user_nick":"usernick","group_name":"default","content":"{\"num_iid\":15380658823}"}"#
+        );
+        assert_eq!(e.id, "7104300007405429232");
+        assert_eq!(
+            e.attributes,
+            vec![
+                ("topic", "taobao_item_ItemStockChanged".to_owned()),
+                ("tmc_id", "7104300007405429232".to_owned()),
+                ("user_id", "123456789".to_owned())
+            ]
+        );
+        assert_eq!((e.group_id, e.dedup_id), (None, None));
+        let back: Value = serde_json::from_str(&e.body).unwrap();
+        assert_eq!(back["content"], "{\"num_iid\":15380658823}");
+    }
+
+    /// FIFO entries group by user id (falling back to topic) and dedup by message id.
+    #[test]
+    fn fifo_fields() {
+        let e = relay_entry(&real(), "g", Some(FifoGroupBy::UserId), 1 << 20).unwrap();
+        assert_eq!(e.group_id.as_deref(), Some("123456789"));
+        assert_eq!(e.dedup_id.as_deref(), Some("7104300007405429232"));
+        let e = relay_entry(&real(), "g", Some(FifoGroupBy::Topic), 1 << 20).unwrap();
+        assert_eq!(e.group_id.as_deref(), Some("taobao_item_ItemStockChanged"));
+        let mut m = real();
+        m.user_id = None;
+        let e = relay_entry(&m, "g", Some(FifoGroupBy::UserId), 1 << 20).unwrap();
+        assert_eq!(e.group_id.as_deref(), Some("taobao_item_ItemStockChanged"));
+    }
+
+    /// Characters SQS refuses never reach the wire raw, and the content still round-trips.
+    #[test]
+    fn bodies_are_sqs_safe() {
+        let content = "a\u{0}b\u{1f}c\u{FFFE}d\u{FFFF}e😀f\u{FFFD}";
+        let mut m = real();
+        m.content = Some(content.to_owned());
+        let e = relay_entry(&m, "g", None, 1 << 20).unwrap();
+        assert!(e.body.chars().all(sqs_allowed), "{:?}", e.body);
+        let back: Value = serde_json::from_str(&e.body).unwrap();
+        assert_eq!(back["content"].as_str().unwrap(), content);
+        assert_eq!(sqs_safe_text("t\u{0}\u{FFFF}"), "t\u{FFFD}\u{FFFD}");
+    }
+
+    /// Missing id, topic or content are defects with codes; a null pub_time is not.
+    #[test]
+    fn defects() {
+        let code = |v: Value| relay_entry(&msg(v), "g", None, 1 << 20).unwrap_err().code;
+        assert_eq!(code(json!({"topic":"t","content":"c"})), "invalid_id");
+        assert_eq!(
+            code(json!({"id":-1,"topic":"t","content":"c"})),
+            "invalid_id"
+        );
+        assert_eq!(code(json!({"id":5,"content":"c"})), "missing_topic");
+        assert_eq!(
+            code(json!({"id":5,"topic":null,"content":"c"})),
+            "missing_topic"
+        );
+        assert_eq!(code(json!({"id":5,"topic":"t"})), "missing_content");
+        let ok = relay_entry(
+            &msg(json!({"id":5,"topic":"t","content":"c","pub_time":null})),
+            "g",
+            None,
+            1 << 20,
+        )
+        .unwrap();
+        assert!(ok.body.contains("\"pub_time\":null"));
+    }
+
+    /// Content over the queue's limit is a `too_large` defect; its parking record fits.
+    #[test]
+    fn oversized_content_is_parked_cut() {
+        let mut m = real();
+        m.raw["content"] = Value::String("x".repeat(2 * 1024 * 1024));
+        m.content = Some("x".repeat(2 * 1024 * 1024));
+        let d = relay_entry(&m, "g", None, 1 << 20).unwrap_err();
+        assert_eq!(d.code, "too_large");
+        let p = parking_entry(&m, "g", &d, "2026-01-01T00:00:00Z", 1 << 20, "p0");
+        assert!(p.wire_size() < 1 << 20);
+        let v: Value = serde_json::from_str(&p.body).unwrap();
+        assert_eq!(v["content_bytes"], 2 * 1024 * 1024);
+        assert_eq!(v["content_truncated"], true);
+        assert_eq!(v["original"]["id"].as_u64(), Some(7104300007405429232));
+    }
+
+    /// A parking record keeps the reason and the original fields.
+    #[test]
+    fn parking_record() {
+        let m = msg(json!({"id":42,"content":"c","user_id":7}));
+        let d = relay_entry(&m, "g", None, 1 << 20).unwrap_err();
+        let p = parking_entry(&m, "g", &d, "T", 1 << 20, "42");
+        let v: Value = serde_json::from_str(&p.body).unwrap();
+        assert_eq!(v["reason_code"], "missing_topic");
+        assert_eq!(v["id"], "42");
+        assert_eq!(v["original"], json!({"id":42,"content":"c","user_id":7}));
+        assert!(p
+            .attributes
+            .contains(&("reason_code", "missing_topic".to_owned())));
+    }
+
+    /// Packing respects 10 entries and 1 MiB per batch, in order.
+    #[test]
+    fn packing() {
+        let e = |i: usize, size: usize| Outgoing {
+            id: i.to_string(),
+            body: "x".repeat(size),
+            attributes: vec![],
+            group_id: None,
+            dedup_id: None,
+        };
+        let batches = pack((0..25).map(|i| e(i, 10)).collect());
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![10, 10, 5]
+        );
+        let batches = pack((0..5).map(|i| e(i, 400 * 1024)).collect());
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![2, 2, 1]
+        );
+        assert_eq!(batches[2][0].id, "4");
+        assert!(pack(vec![]).is_empty());
+    }
+}

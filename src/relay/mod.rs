@@ -1,0 +1,18 @@
+//! One relay pass, written against ports.
+//!
+//! - `ports`: the traits for TMC, queues and the dedup table, and their error type.
+//! - `body`: the SQS message body, attributes, parking records and batch packing (pure).
+//! - `pass`: the orchestrator: loops, claims, sends, parks, completes, confirms.
+//! - `report`: the JSON report.
+//! - `memory`: in-memory adapters for tests.
+
+pub mod body;
+pub mod memory;
+pub mod pass;
+pub mod ports;
+pub mod report;
+#[cfg(test)]
+mod tests;
+
+pub use pass::{Mode, PassOptions, Progress, Relay, RelaySettings};
+pub use report::{Counts, Report, StopReason};

@@ -1,0 +1,541 @@
+//! The pass's behaviour against in-memory ports: the invariants of the relay, one test each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::memory::{throttled, Event, EventLog, MemoryQueue, MemoryStore, MemoryTmc, Record};
+use super::ports::{EntryOutcome, PortError, Severity};
+use super::*;
+use crate::top::{TmcMessage, TopError};
+
+type TestRelay = Relay<MemoryTmc, MemoryQueue, MemoryStore>;
+
+fn msg(id: u64) -> TmcMessage {
+    TmcMessage::from_value(json!({
+        "id": id, "topic": "taobao_trade_TradeChanged", "user_id": 42, "user_nick": "shop",
+        "pub_time": "2026-01-01 12:00:00", "content": format!("{{\"tid\":{id}}}")
+    }))
+}
+
+fn relay() -> (Arc<TestRelay>, EventLog) {
+    let log = EventLog::default();
+    let r = Relay {
+        tmc: MemoryTmc::new(log.clone()),
+        queue: MemoryQueue::new("relay", log.clone()),
+        parking: MemoryQueue::new("parking", log.clone()),
+        store: MemoryStore::default(),
+        settings: RelaySettings {
+            max_send_attempts: 3,
+            ..RelaySettings::default()
+        },
+    };
+    (Arc::new(r), log)
+}
+
+fn opts() -> PassOptions {
+    PassOptions {
+        groups: vec![String::new()],
+        quantity: 200,
+        mode: Mode::Drain,
+        concurrency: 1,
+        max_batches: None,
+        max_messages: None,
+        deadline: Instant::now() + Duration::from_secs(20),
+        empty_backoff: Duration::from_millis(100),
+    }
+}
+
+fn confirmed(log: &EventLog) -> Vec<u64> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            if let Event::Confirmed(i) = e {
+                Some(*i)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Every id confirmed was accepted by a queue earlier in the event log (invariant 1).
+fn assert_confirmed_after_acceptance(log: &EventLog) {
+    let log = log.lock().unwrap();
+    for (i, e) in log.iter().enumerate() {
+        if let Event::Confirmed(id) = e {
+            let id = id.to_string();
+            assert!(
+                log[..i]
+                    .iter()
+                    .any(|p| matches!(p, Event::Accepted(_, a) if *a == id)),
+                "id {id} confirmed before any queue accepted it"
+            );
+        }
+    }
+}
+
+/// A batch is enqueued, recorded as done and confirmed, in that order.
+#[tokio::test]
+async fn relays_a_batch_and_confirms_after_acceptance() {
+    let (r, log) = relay();
+    r.tmc.push(Ok((1..=25).map(msg).collect()));
+    let rep = r.run(opts()).await;
+    assert_eq!(
+        (
+            rep.counts.consumed,
+            rep.counts.enqueued,
+            rep.counts.confirmed
+        ),
+        (25, 25, 25)
+    );
+    assert_eq!(rep.stop_reason, StopReason::Empty);
+    assert_eq!(rep.counts.batches, 1);
+    assert_eq!(rep.counts.empty_polls, 1);
+    assert_eq!(r.queue.ids().len(), 25);
+    assert_eq!(
+        *r.queue.calls.lock().unwrap(),
+        3,
+        "25 messages take 3 SQS requests"
+    );
+    assert_eq!(r.store.status("7"), Some("done"));
+    assert_confirmed_after_acceptance(&log);
+}
+
+/// A redelivered message already recorded as done is confirmed without a second enqueue (invariant 2).
+#[tokio::test]
+async fn redelivery_is_confirmed_not_reenqueued() {
+    let (r, log) = relay();
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    r.tmc.push(Ok(vec![msg(2), msg(3)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(r.queue.ids(), vec!["1", "2", "3"]);
+    assert_eq!(rep.counts.duplicates, 1);
+    assert_eq!(rep.counts.confirmed, 4);
+    assert_eq!(confirmed(&log).iter().filter(|&&i| i == 2).count(), 2);
+}
+
+/// A live claim held by another pass stops this pass from enqueueing or confirming (invariant 3).
+#[tokio::test]
+async fn live_claim_elsewhere_blocks_enqueue_and_confirm() {
+    let (r, log) = relay();
+    let far = crate::top::clock::epoch_millis(std::time::SystemTime::now()) + 60_000;
+    r.store.records.lock().unwrap().insert(
+        "5".into(),
+        Record {
+            status: "claimed",
+            owner: "other".into(),
+            lease_until_ms: far,
+            expires_at: far / 1000 + 86_400,
+        },
+    );
+    r.tmc.push(Ok(vec![msg(5), msg(6)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(r.queue.ids(), vec!["6"]);
+    assert_eq!(rep.counts.held_elsewhere, 1);
+    assert_eq!(confirmed(&log), vec![6]);
+}
+
+/// A claim whose lease has ended (its holder died) is taken over (invariant 3).
+#[tokio::test]
+async fn expired_claim_is_taken_over() {
+    let (r, _) = relay();
+    let past = crate::top::clock::epoch_millis(std::time::SystemTime::now()) - 1_000;
+    r.store.records.lock().unwrap().insert(
+        "5".into(),
+        Record {
+            status: "claimed",
+            owner: "dead".into(),
+            lease_until_ms: past,
+            expires_at: past / 1000 + 86_400,
+        },
+    );
+    r.tmc.push(Ok(vec![msg(5)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(r.queue.ids(), vec!["5"]);
+    assert_eq!(rep.counts.enqueued, 1);
+}
+
+/// A done record past its expiry that TTL has not deleted yet counts as absent (invariant 4).
+#[tokio::test]
+async fn expired_done_record_counts_as_absent() {
+    let (r, _) = relay();
+    r.store.records.lock().unwrap().insert(
+        "9".into(),
+        Record {
+            status: "done",
+            owner: String::new(),
+            lease_until_ms: 0,
+            expires_at: 1,
+        },
+    );
+    r.tmc.push(Ok(vec![msg(9)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.counts.enqueued, 1);
+    assert_eq!(r.store.status("9"), Some("done"));
+    let exp = r.store.records.lock().unwrap()["9"].expires_at;
+    let week = crate::top::clock::epoch_secs(std::time::SystemTime::now()) + 7 * 86_400;
+    assert!(exp.abs_diff(week) < 5, "record expires after the retention");
+}
+
+/// An entry SQS keeps failing with SenderFault=false is deferred: claim released, not confirmed,
+/// while the rest of its batch goes through (invariants 1 and 5).
+#[tokio::test]
+async fn retryable_failures_defer_without_blocking_others() {
+    let (r, log) = relay();
+    let retry = EntryOutcome::Retry {
+        code: "InternalError".into(),
+        message: "x".into(),
+    };
+    r.queue.rule(
+        "2",
+        vec![retry.clone(), retry.clone(), retry.clone(), retry],
+    );
+    r.tmc.push(Ok(vec![msg(1), msg(2), msg(3)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.counts.deferred, 1);
+    assert_eq!(rep.counts.enqueued, 2);
+    assert_eq!(confirmed(&log), vec![1, 3]);
+    assert_eq!(
+        r.store.status("2"),
+        None,
+        "claim released so the redelivery is enqueued"
+    );
+}
+
+/// A transient failure that clears within the attempts is retried to success.
+#[tokio::test]
+async fn retryable_failure_then_success() {
+    let (r, log) = relay();
+    r.queue.rule(
+        "2",
+        vec![EntryOutcome::Retry {
+            code: "InternalError".into(),
+            message: "x".into(),
+        }],
+    );
+    r.queue
+        .request_failures
+        .lock()
+        .unwrap()
+        .push_back(throttled("SendMessageBatch"));
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.counts.enqueued, 2);
+    assert_eq!(rep.counts.deferred, 0);
+    assert_eq!(confirmed(&log).len(), 2);
+}
+
+/// SenderFault=true parks the message with its reason, then confirms it.
+#[tokio::test]
+async fn sender_fault_parks_and_confirms() {
+    let (r, log) = relay();
+    r.queue.rule(
+        "2",
+        vec![EntryOutcome::Rejected {
+            code: "InvalidParameterValue".into(),
+            message: "bad".into(),
+        }],
+    );
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.enqueued, rep.counts.parked), (1, 1));
+    let parked = r.parking.accepted.lock().unwrap().clone();
+    let body: serde_json::Value = serde_json::from_str(&parked[0].body).unwrap();
+    assert_eq!(body["reason_code"], "sqs_rejected");
+    assert!(body["reason"]
+        .as_str()
+        .unwrap()
+        .contains("InvalidParameterValue"));
+    assert_eq!(body["original"]["id"], 2);
+    assert_eq!(r.store.status("2"), Some("parked"));
+    let mut c = confirmed(&log);
+    c.sort();
+    assert_eq!(c, vec![1, 2]);
+    assert_confirmed_after_acceptance(&log);
+}
+
+/// When parking fails too, the message is not confirmed and its claim is released.
+#[tokio::test]
+async fn failed_parking_is_not_confirmed() {
+    let (r, log) = relay();
+    r.queue.rule(
+        "2",
+        vec![EntryOutcome::Rejected {
+            code: "InvalidParameterValue".into(),
+            message: "bad".into(),
+        }],
+    );
+    r.parking.rule(
+        "2",
+        vec![EntryOutcome::Rejected {
+            code: "X".into(),
+            message: "nope".into(),
+        }],
+    );
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.parked, rep.counts.deferred), (0, 1));
+    assert_eq!(confirmed(&log), vec![1]);
+    assert_eq!(r.store.status("2"), None);
+}
+
+/// Missing topic or content is parked and confirmed; a missing id is counted, parked for
+/// inspection, and never confirmed.
+#[tokio::test]
+async fn defective_messages() {
+    let (r, log) = relay();
+    r.tmc.push(Ok(vec![
+        TmcMessage::from_value(json!({"id": 10, "content": "c"})),
+        TmcMessage::from_value(json!({"id": 11, "topic": "t"})),
+        TmcMessage::from_value(json!({"topic": "t", "content": "c"})),
+        TmcMessage::from_value(json!({"id": -3, "topic": "t", "content": "c"})),
+        msg(12),
+    ]));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.counts.parked, 2);
+    assert_eq!(rep.counts.invalid, 2);
+    assert_eq!(rep.counts.enqueued, 1);
+    let mut c = confirmed(&log);
+    c.sort();
+    assert_eq!(c, vec![10, 11, 12]);
+    assert_eq!(r.parking.accepted.lock().unwrap().len(), 4);
+}
+
+/// Two copies of one id in a batch are enqueued once and confirmed once.
+#[tokio::test]
+async fn duplicate_ids_in_a_batch() {
+    let (r, log) = relay();
+    r.tmc.push(Ok(vec![msg(1), msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(r.queue.ids(), vec!["1", "2"]);
+    assert_eq!(rep.counts.duplicates, 1);
+    assert_eq!(confirmed(&log), vec![1, 2]);
+}
+
+/// A message too large for SQS is parked (cut) and confirmed.
+#[tokio::test]
+async fn oversized_message_is_parked() {
+    let (r, log) = relay();
+    let mut big = msg(1);
+    big.content = Some("x".repeat(2 * 1024 * 1024));
+    r.tmc.push(Ok(vec![big, msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.parked, rep.counts.enqueued), (1, 1));
+    assert_eq!(confirmed(&log).len(), 2);
+}
+
+/// A whole-request permanent failure is isolated entry by entry.
+#[tokio::test]
+async fn whole_batch_rejection_is_isolated() {
+    let (r, _) = relay();
+    r.queue
+        .request_failures
+        .lock()
+        .unwrap()
+        .push_back(PortError::new(
+            "SendMessageBatch",
+            Severity::Permanent,
+            "InvalidParameterValue",
+        ));
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.counts.enqueued, 2);
+}
+
+/// Confirm answering is_success=false is counted; the message stays done in the table.
+#[tokio::test]
+async fn confirm_refused_is_counted() {
+    let (r, _) = relay();
+    r.tmc.refuse_confirm.lock().unwrap().push(1);
+    r.tmc.push(Ok(vec![msg(1)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.confirmed, rep.counts.confirm_failed), (0, 1));
+    assert_eq!(r.store.status("1"), Some("done"));
+}
+
+/// A missing table stops the pass as fatal, enqueues nothing, confirms nothing.
+#[tokio::test]
+async fn fatal_store_error_stops_the_pass() {
+    let (r, log) = relay();
+    *r.store.fail_claims.lock().unwrap() = Some(PortError::new(
+        "PutItem",
+        Severity::Fatal,
+        "ResourceNotFoundException: Requested resource not found",
+    ));
+    for i in 1..=10 {
+        r.tmc.push(Ok(vec![msg(i)]));
+    }
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.stop_reason, StopReason::Fatal);
+    assert!(
+        rep.error.as_deref().unwrap().contains("DEDUP_TABLE_NAME"),
+        "{:?}",
+        rep.error
+    );
+    assert!(r.queue.ids().is_empty());
+    assert!(confirmed(&log).is_empty());
+    // The pipelined next consume (depth 2) may already be under way when the first batch fails.
+    assert!(
+        *r.tmc.consumes.lock().unwrap() <= 2,
+        "consuming stops after the fatal error"
+    );
+}
+
+/// Throttled claims defer the message without failing the pass.
+#[tokio::test]
+async fn throttled_claims_defer() {
+    let (r, log) = relay();
+    *r.store.fail_claims.lock().unwrap() = Some(throttled("PutItem"));
+    r.tmc.push(Ok(vec![msg(1)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.counts.deferred, 1);
+    assert_eq!(rep.stop_reason, StopReason::Empty);
+    assert!(confirmed(&log).is_empty());
+}
+
+/// A ban longer than the budget stops the pass with rate_limited and the ban length.
+#[tokio::test]
+async fn ban_stops_the_pass() {
+    let (r, _) = relay();
+    r.tmc.push(Err(TopError::Api {
+        method: "taobao.tmc.messages.consume".into(),
+        code: 7,
+        msg: "App Call Limited".into(),
+        sub_code: Some("accesscontrol.limited-by-app-access-count".into()),
+        sub_msg: Some("This ban will last for 3600 more seconds".into()),
+        request_id: None,
+    }));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.stop_reason, StopReason::RateLimited);
+    assert_eq!(rep.ban_seconds, Some(3600));
+}
+
+/// A short ban that fits the budget is waited out, then the pass continues.
+#[tokio::test(start_paused = true)]
+async fn short_ban_is_waited_out() {
+    let (r, _) = relay();
+    r.tmc.push(Err(TopError::Api {
+        method: "taobao.tmc.messages.consume".into(),
+        code: 7,
+        msg: "App Call Limited".into(),
+        sub_code: None,
+        sub_msg: Some("This ban will last for 2 more seconds".into()),
+        request_id: None,
+    }));
+    r.tmc.push(Ok(vec![msg(1)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.stop_reason, StopReason::Empty);
+    assert_eq!(rep.counts.enqueued, 1);
+}
+
+/// A signature error is fatal and the report says which setting to check.
+#[tokio::test]
+async fn signature_error_is_fatal() {
+    let (r, _) = relay();
+    r.tmc.push(Err(TopError::Api {
+        method: "taobao.tmc.messages.consume".into(),
+        code: 25,
+        msg: "Invalid signature".into(),
+        sub_code: None,
+        sub_msg: None,
+        request_id: None,
+    }));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.stop_reason, StopReason::Fatal);
+    assert!(rep.error.unwrap().contains("TOP_APP_SECRET"));
+}
+
+/// max_batches and max_messages stop the pass where asked.
+#[tokio::test]
+async fn limits_stop_the_pass() {
+    let (r, _) = relay();
+    for i in 0..5 {
+        r.tmc
+            .push(Ok((i * 10 + 1..=i * 10 + 10).map(msg).collect()));
+    }
+    let rep = r
+        .run(PassOptions {
+            max_batches: Some(2),
+            ..opts()
+        })
+        .await;
+    assert_eq!(
+        (rep.counts.batches, rep.stop_reason),
+        (2, StopReason::MaxBatches)
+    );
+    let rep = r
+        .run(PassOptions {
+            max_messages: Some(10),
+            ..opts()
+        })
+        .await;
+    assert_eq!(
+        (rep.counts.consumed, rep.stop_reason),
+        (10, StopReason::MaxMessages)
+    );
+}
+
+/// With no time left the pass stops for budget before consuming.
+#[tokio::test]
+async fn budget_stops_the_pass() {
+    let (r, _) = relay();
+    r.tmc.push(Ok(vec![msg(1)]));
+    let rep = r
+        .run(PassOptions {
+            deadline: Instant::now() + Duration::from_millis(100),
+            ..opts()
+        })
+        .await;
+    assert_eq!(rep.stop_reason, StopReason::Budget);
+    assert_eq!(*r.tmc.consumes.lock().unwrap(), 0);
+}
+
+/// Follow mode keeps polling after empty polls until the budget ends.
+#[tokio::test(start_paused = true)]
+async fn follow_mode_polls_until_budget() {
+    let (r, _) = relay();
+    r.tmc.push(Ok(vec![msg(1)]));
+    let rep = r
+        .run(PassOptions {
+            mode: Mode::Follow,
+            deadline: Instant::now() + Duration::from_secs(5),
+            empty_backoff: Duration::from_secs(1),
+            ..opts()
+        })
+        .await;
+    assert_eq!(rep.stop_reason, StopReason::Budget);
+    assert!(rep.counts.empty_polls >= 3, "{}", rep.counts.empty_polls);
+    assert_eq!(rep.counts.enqueued, 1);
+}
+
+/// The report serialises with the documented field names.
+#[tokio::test]
+async fn report_json_shape() {
+    let (r, _) = relay();
+    r.tmc.push(Ok(vec![msg(1)]));
+    let rep = r.run(opts()).await;
+    let v = serde_json::to_value(&rep).unwrap();
+    for k in [
+        "consumed",
+        "enqueued",
+        "duplicates",
+        "parked",
+        "deferred",
+        "confirmed",
+        "confirm_failed",
+        "batches",
+        "empty_polls",
+        "stop_reason",
+        "elapsed_ms",
+        "groups",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k}");
+    }
+    assert_eq!(v["stop_reason"], "empty");
+    assert_eq!(v["groups"][0]["group"], "default");
+    assert_eq!(v["groups"][0]["enqueued"], 1);
+}
