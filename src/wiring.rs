@@ -1,1 +1,178 @@
-//! (in progress)
+//! The one place where configuration becomes real clients and a relay. Both binaries call it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use tokio::time::Instant;
+
+use crate::aws::dynamo::DynamoStore;
+use crate::aws::sqs::SqsQueue;
+use crate::config::{Config, SecretSource, TopEnv};
+use crate::invocation::Overrides;
+use crate::relay::{Progress, Relay, RelaySettings, Report};
+use crate::top::{Secret, TopClient, TopConfig};
+
+/// The production relay's concrete types.
+pub type AwsRelay = Relay<TopClient, SqsQueue, DynamoStore>;
+
+/// Why the relay could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("could not read the app secret from Secrets Manager ({arn}): {detail}. Check TOP_APP_SECRET_ARN and the function's secretsmanager:GetSecretValue permission")]
+    Secret { arn: String, detail: String },
+    #[error("could not build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// A built relay plus what it was built from. Built once per cold start.
+pub struct App {
+    pub config: Config,
+    pub relay: Arc<AwsRelay>,
+}
+
+/// Loads the shared AWS configuration with timeouts (the SDK has no operation timeout by default).
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(12))
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .load()
+        .await
+}
+
+impl App {
+    /// Builds every client from configuration: AWS config, the secret, the TOP client.
+    pub async fn build(config: Config) -> Result<App, WiringError> {
+        let sdk = aws_config().await;
+        Self::build_with(config, &sdk, RelaySettings::default()).await
+    }
+
+    /// Like `build`, with an explicit AWS configuration and relay settings (tests, benchmarks).
+    pub async fn build_with(
+        config: Config,
+        sdk: &aws_config::SdkConfig,
+        mut settings: RelaySettings,
+    ) -> Result<App, WiringError> {
+        let tmc = top_client(&config.top, sdk).await?;
+        let sqs = aws_sdk_sqs::Client::new(sdk);
+        let ddb = aws_sdk_dynamodb::Client::new(sdk);
+        settings.retention = config.retention;
+        settings.fifo_group_by = config.fifo_group_by;
+        let relay = Relay {
+            tmc,
+            queue: SqsQueue::new(sqs.clone(), &config.relay_queue_url),
+            parking: SqsQueue::new(sqs, &config.parking_queue_url),
+            store: DynamoStore::new(ddb, &config.table),
+            settings,
+        };
+        Ok(App {
+            config,
+            relay: Arc::new(relay),
+        })
+    }
+
+    /// Runs one pass with these overrides within `hard_deadline` (the Lambda deadline, if any).
+    pub async fn run(
+        &self,
+        ov: &Overrides,
+        hard_deadline: Option<Instant>,
+        progress: Arc<Progress>,
+    ) -> Report {
+        let opts = ov.pass_options(&self.config, Instant::now(), hard_deadline);
+        let before = self.usage();
+        let mut report = self.relay.run_with_progress(opts, progress).await;
+        let after = self.usage();
+        report.usage = crate::relay::ports::Usage {
+            sqs_requests: after.sqs_requests - before.sqs_requests,
+            dynamodb_requests: after.dynamodb_requests - before.dynamodb_requests,
+            dynamodb_write_units: after.dynamodb_write_units - before.dynamodb_write_units,
+            dynamodb_read_units: after.dynamodb_read_units - before.dynamodb_read_units,
+        };
+        report
+    }
+
+    fn usage(&self) -> crate::relay::ports::Usage {
+        crate::aws::usage(
+            &[&self.relay.queue.meter, &self.relay.parking.meter],
+            &self.relay.store.meter,
+        )
+    }
+}
+
+/// Builds the TOP client, reading the secret from Secrets Manager when configured so.
+pub async fn top_client(
+    env: &TopEnv,
+    sdk: &aws_config::SdkConfig,
+) -> Result<TopClient, WiringError> {
+    let secret = match &env.secret {
+        SecretSource::Inline(s) => s.clone(),
+        SecretSource::Arn(arn) => fetch_secret(sdk, arn).await?,
+    };
+    let mut top = TopConfig::new(env.endpoint.clone(), env.app_key.clone(), secret);
+    top.sign_method = env.sign_method;
+    TopClient::new(top).map_err(|e| WiringError::Http(e.to_string()))
+}
+
+/// Reads the app secret: the SecretString itself, or JSON `{"app_secret": "..."}`.
+async fn fetch_secret(sdk: &aws_config::SdkConfig, arn: &str) -> Result<Secret, WiringError> {
+    let client = aws_sdk_secretsmanager::Client::new(sdk);
+    let fail = |detail: String| WiringError::Secret {
+        arn: arn.to_owned(),
+        detail,
+    };
+    let out = client
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| fail(aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string()))?;
+    let raw = out
+        .secret_string()
+        .ok_or_else(|| fail("the secret has no SecretString".into()))?;
+    secret_from_string(raw).ok_or_else(|| {
+        fail("the SecretString is empty or JSON without a non-empty \"app_secret\"".into())
+    })
+}
+
+/// The two accepted SecretString shapes.
+pub fn secret_from_string(raw: &str) -> Option<Secret> {
+    let trimmed = raw.trim();
+    if trimmed.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(trimmed).ok()?;
+        return v
+            .get("app_secret")?
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(Secret::new);
+    }
+    (!trimmed.is_empty()).then(|| Secret::new(trimmed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain and JSON secret strings are accepted; empty ones are not.
+    #[test]
+    fn secret_string_shapes() {
+        assert_eq!(secret_from_string("abc").unwrap().expose(), "abc");
+        assert_eq!(
+            secret_from_string(r#"{"app_secret":"xyz"}"#)
+                .unwrap()
+                .expose(),
+            "xyz"
+        );
+        assert!(secret_from_string("").is_none());
+        assert!(secret_from_string(r#"{"other":"x"}"#).is_none());
+    }
+}

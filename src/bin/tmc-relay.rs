@@ -1,1 +1,377 @@
-fn main() {}
+//! The operator's command line: run a pass exactly as the Lambda does, and the TMC admin calls.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::time::Instant;
+
+use tmc_relay::config::{Config, TopEnv};
+use tmc_relay::invocation::Overrides;
+use tmc_relay::relay::{Mode, Progress};
+use tmc_relay::top::{ErrorClass, Secret, TopClient, TopError};
+use tmc_relay::wiring::{self, App};
+
+#[derive(Parser)]
+#[command(
+    name = "tmc-relay",
+    version,
+    about = "Relay Taobao TMC messages into Amazon SQS; configured by environment variables (see README)"
+)]
+struct Cli {
+    /// Print machine-readable JSON instead of text (admin commands).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one relay pass and print its JSON report on stdout.
+    Run(RunArgs),
+    /// Permit a seller's messages (taobao.tmc.user.permit). Needs the seller's session.
+    Permit {
+        /// The seller's session key (or env TOP_SESSION, which keeps it out of `ps`).
+        #[arg(long, env = "TOP_SESSION", hide_env_values = true)]
+        session: String,
+        /// Comma-separated topics; all of the app's topics when omitted.
+        #[arg(long, value_delimiter = ',')]
+        topics: Option<Vec<String>>,
+    },
+    /// A seller's subscription (taobao.tmc.user.get / .cancel).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// The app's TMC groups (taobao.tmc.groups.get / group.add / group.delete).
+    #[command(subcommand)]
+    Groups(GroupsCmd),
+    /// A group's queue figures (taobao.tmc.queue.get).
+    Backlog {
+        /// The group; `default` for the default group.
+        #[arg(long, default_value = "default")]
+        group: String,
+    },
+    /// Jushita MQ sync users (taobao.jushita.jms.user.add / get / delete).
+    #[command(subcommand)]
+    Jms(JmsCmd),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Comma-separated groups (overrides TMC_GROUP_NAMES).
+    #[arg(long, value_delimiter = ',')]
+    group_names: Option<Vec<String>>,
+    /// Messages per consume, 10..=200 (overrides TMC_QUANTITY).
+    #[arg(long)]
+    quantity: Option<u32>,
+    /// drain: stop at the first empty poll; follow: poll until the time budget ends.
+    #[arg(long)]
+    mode: Option<Mode>,
+    #[arg(long)]
+    max_batches: Option<u64>,
+    #[arg(long)]
+    max_messages: Option<u64>,
+    /// Time budget in seconds (default 300).
+    #[arg(long)]
+    max_seconds: Option<u64>,
+    /// Consume loops per group (overrides TMC_CONCURRENCY).
+    #[arg(long)]
+    concurrency: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Show a seller's subscription.
+    Get {
+        #[arg(long)]
+        nick: String,
+        /// tbUIC (Taobao, default), icbu or ae.
+        #[arg(long)]
+        platform: Option<String>,
+    },
+    /// Cancel a seller's subscription.
+    Cancel {
+        #[arg(long)]
+        nick: String,
+        #[arg(long)]
+        platform: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupsCmd {
+    /// List groups.
+    List {
+        #[arg(long)]
+        page: Option<u32>,
+        #[arg(long)]
+        page_size: Option<u32>,
+    },
+    /// Create a group and move sellers into it.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        nicks: Vec<String>,
+    },
+    /// Delete a group (its unconsumed messages are lost), or remove sellers from it.
+    Delete {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        nicks: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JmsCmd {
+    /// Add the session's seller to Jushita MQ sync.
+    Add {
+        #[arg(long, env = "TOP_SESSION", hide_env_values = true)]
+        session: String,
+        #[arg(long, value_delimiter = ',')]
+        topics: Vec<String>,
+    },
+    /// Show a Jushita MQ sync user.
+    Get {
+        #[arg(long)]
+        nick: String,
+    },
+    /// Remove a Jushita MQ sync user.
+    Delete {
+        #[arg(long)]
+        nick: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tmc_relay::telemetry::init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args).await,
+        other => admin(other, cli.json).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<ExitCode, String> {
+    let overrides = Overrides {
+        group_names: args.group_names,
+        quantity: args.quantity,
+        mode: args.mode,
+        max_batches: args.max_batches,
+        max_messages: args.max_messages,
+        max_seconds: args.max_seconds,
+        concurrency: args.concurrency,
+    };
+    overrides.validate().map_err(|e| e.to_string())?;
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let app = App::build(config).await.map_err(|e| e.to_string())?;
+    let progress = Arc::new(Progress::default());
+    let ticker = std::io::stderr().is_terminal().then(|| {
+        let p = Arc::clone(&progress);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                eprint!(
+                    "\r{:>5}s  consumed {}  enqueued {}  confirmed {}   ",
+                    started.elapsed().as_secs(),
+                    p.consumed.load(Ordering::Relaxed),
+                    p.enqueued.load(Ordering::Relaxed),
+                    p.confirmed.load(Ordering::Relaxed)
+                );
+            }
+        })
+    });
+    let report = app.run(&overrides, None, progress).await;
+    if let Some(t) = ticker {
+        t.abort();
+        eprintln!();
+    }
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    println!("{json}");
+    if report.is_fatal() {
+        eprintln!(
+            "error: {}",
+            report.error.as_deref().unwrap_or("fatal error")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(e: TopError) -> String {
+    match e.class() {
+        ErrorClass::Fatal { check } => format!("{e}. Check {check}."),
+        ErrorClass::RateLimited { ban } => format!(
+            "{e}. The app is banned for {} s; try again later.",
+            ban.as_secs()
+        ),
+        _ => e.to_string(),
+    }
+}
+
+fn print<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> Result<ExitCode, String> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!("{}", text());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn group_param(g: &str) -> Option<&str> {
+    (g != "default" && !g.is_empty()).then_some(g)
+}
+
+async fn admin(cmd: Command, json: bool) -> Result<ExitCode, String> {
+    let env = TopEnv::from_env().map_err(|e| e.to_string())?;
+    let sdk = wiring::aws_config().await;
+    let client: TopClient = wiring::top_client(&env, &sdk)
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    match cmd {
+        Command::Run(_) => unreachable!("handled by run"),
+        Command::Permit { session, topics } => {
+            let ok = client
+                .user_permit(&Secret::new(session), topics.as_deref(), deadline)
+                .await
+                .map_err(explain)?;
+            print(json, &serde_json::json!({ "is_success": ok }), || {
+                format!("permitted: {}", yes_no(ok))
+            })
+        }
+        Command::User(UserCmd::Get { nick, platform }) => {
+            let user = client
+                .user_get(&nick, platform.as_deref(), deadline)
+                .await
+                .map_err(explain)?;
+            print(json, &user, || match &user {
+                None => format!("{nick}: not subscribed"),
+                Some(u) => format!(
+                    "{}: topics {}; valid {}; group {}; platform {}",
+                    u.user_nick.as_deref().unwrap_or(&nick),
+                    if u.topics.is_empty() {
+                        "(none)".into()
+                    } else {
+                        u.topics.join(",")
+                    },
+                    u.is_valid.map(yes_no).unwrap_or("?"),
+                    u.group_name.as_deref().unwrap_or("default"),
+                    u.user_platform.as_deref().unwrap_or("?"),
+                ),
+            })
+        }
+        Command::User(UserCmd::Cancel { nick, platform }) => {
+            let ok = client
+                .user_cancel(&nick, platform.as_deref(), deadline)
+                .await
+                .map_err(explain)?;
+            print(json, &serde_json::json!({ "is_success": ok }), || {
+                if ok {
+                    format!("{nick}: cancelled")
+                } else {
+                    format!("{nick}: no such user")
+                }
+            })
+        }
+        Command::Groups(GroupsCmd::List { page, page_size }) => {
+            let groups = client
+                .groups_get(None, page, page_size, deadline)
+                .await
+                .map_err(explain)?;
+            print(json, &groups, || groups.groups.join("\n"))
+        }
+        Command::Groups(GroupsCmd::Add { name, nicks }) => {
+            let created = client
+                .group_add(&name, &nicks, deadline)
+                .await
+                .map_err(explain)?;
+            print(
+                json,
+                &serde_json::json!({ "group_name": name, "created": created }),
+                || format!("group {name} created {}", created.as_deref().unwrap_or("")),
+            )
+        }
+        Command::Groups(GroupsCmd::Delete { name, nicks }) => {
+            let ok = client
+                .group_delete(&name, &nicks, deadline)
+                .await
+                .map_err(explain)?;
+            print(json, &serde_json::json!({ "is_success": ok }), || {
+                format!("group {name} deleted: {}", yes_no(ok))
+            })
+        }
+        Command::Backlog { group } => {
+            let name = group_param(&group).unwrap_or("default");
+            let queues = client.queue_get(name, deadline).await.map_err(explain)?;
+            print(json, &queues, || {
+                queues
+                    .iter()
+                    .map(|q| {
+                        format!(
+                            "{} ({}): put today {}, read today {}",
+                            q.name.as_deref().unwrap_or(name),
+                            q.broker_name.as_deref().unwrap_or("-"),
+                            q.put_total.map(|v| v.to_string()).unwrap_or("?".into()),
+                            q.get_total.map(|v| v.to_string()).unwrap_or("?".into())
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        Command::Jms(JmsCmd::Add { session, topics }) => {
+            let ok = client
+                .jms_user_add(&Secret::new(session), &topics, deadline)
+                .await
+                .map_err(explain)?;
+            print(json, &serde_json::json!({ "is_success": ok }), || {
+                format!("added: {}", yes_no(ok))
+            })
+        }
+        Command::Jms(JmsCmd::Get { nick }) => {
+            let user = client
+                .jms_user_get(&nick, deadline)
+                .await
+                .map_err(explain)?;
+            print(json, &user, || match &user {
+                None => format!("{nick}: not a Jushita MQ sync user"),
+                Some(u) => format!(
+                    "{}: topics {}",
+                    u.user_nick.as_deref().unwrap_or(&nick),
+                    u.topic_names.join(",")
+                ),
+            })
+        }
+        Command::Jms(JmsCmd::Delete { nick }) => {
+            let ok = client
+                .jms_user_delete(&nick, deadline)
+                .await
+                .map_err(explain)?;
+            print(json, &serde_json::json!({ "is_success": ok }), || {
+                format!("deleted: {}", yes_no(ok))
+            })
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! AWS adapters for the relay's ports. SDK types stop here: the relay sees `Outgoing`,
+//! `EntryOutcome`, `ClaimOutcome` and `PortError`.
+//!
+//! - `sqs`: the relay and parking queues (`SendMessageBatch`).
+//! - `dynamo`: the dedup table (conditional `PutItem`, `BatchWriteItem`, `DeleteItem`).
+//! - `errors`: SDK errors → `Severity`.
+
+pub mod dynamo;
+pub mod errors;
+pub mod sqs;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::relay::ports::Usage;
+
+/// Request and capacity counters an adapter keeps (capacity in thousandths of a unit).
+#[derive(Debug, Default)]
+pub struct Meter {
+    requests: AtomicU64,
+    write_milli_units: AtomicU64,
+    read_milli_units: AtomicU64,
+}
+
+impl Meter {
+    pub fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn capacity(&self, write: f64, read: f64) {
+        self.write_milli_units
+            .fetch_add((write * 1000.0).round() as u64, Ordering::Relaxed);
+        self.read_milli_units
+            .fetch_add((read * 1000.0).round() as u64, Ordering::Relaxed);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn write_units(&self) -> f64 {
+        self.write_milli_units.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    pub fn read_units(&self) -> f64 {
+        self.read_milli_units.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+}
+
+/// Sums what several adapters used.
+pub fn usage(sqs: &[&Meter], dynamo: &Meter) -> Usage {
+    Usage {
+        sqs_requests: sqs.iter().map(|m| m.requests()).sum(),
+        dynamodb_requests: dynamo.requests(),
+        dynamodb_write_units: dynamo.write_units(),
+        dynamodb_read_units: dynamo.read_units(),
+    }
+}
