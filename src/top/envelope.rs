@@ -33,7 +33,20 @@ pub fn decode(method: &str, status: u16, body: &[u8]) -> Result<Map<String, Valu
             }
         }
     };
-    let value: Value = serde_json::from_slice(body).map_err(|e| fail(format!("not JSON ({e})")))?;
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        // One message with a lone surrogate escape must not make the whole batch unreadable.
+        Err(e) => match repair_lone_surrogates(body) {
+            Some(fixed) => {
+                tracing::warn!(
+                    method,
+                    "response held lone UTF-16 surrogate escapes; replaced them with U+FFFD"
+                );
+                serde_json::from_slice(&fixed).map_err(|_| fail(format!("not JSON ({e})")))?
+            }
+            None => return Err(fail(format!("not JSON ({e})"))),
+        },
+    };
     let Value::Object(mut root) = value else {
         return Err(fail(format!(
             "expected a JSON object, got {}",
@@ -76,6 +89,66 @@ fn api_error(method: &str, err: &Value) -> TopError {
         sub_msg: text("sub_msg"),
         request_id: text("request_id"),
     }
+}
+
+/// Rewrites `\uD800`-style escapes that are not part of a surrogate pair as `\uFFFD` (JSON
+/// strings only; escaped backslashes are respected). `None` when there was nothing to repair.
+pub fn repair_lone_surrogates(body: &[u8]) -> Option<Vec<u8>> {
+    fn hex4(b: &[u8]) -> Option<u16> {
+        let s = std::str::from_utf8(b.get(..4)?).ok()?;
+        u16::from_str_radix(s, 16).ok()
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut changed = false;
+    let mut in_string = false;
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if !in_string {
+            in_string = b == b'"';
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = false;
+                out.push(b);
+                i += 1;
+            }
+            b'\\' if body.get(i + 1) == Some(&b'u') => {
+                let Some(cu) = hex4(&body[i + 2..]) else {
+                    out.push(b);
+                    i += 1;
+                    continue;
+                };
+                let paired = (0xD800..=0xDBFF).contains(&cu)
+                    && body.get(i + 6) == Some(&b'\\')
+                    && body.get(i + 7) == Some(&b'u')
+                    && hex4(&body[i + 8..]).is_some_and(|lo| (0xDC00..=0xDFFF).contains(&lo));
+                if paired {
+                    out.extend_from_slice(&body[i..i + 12]);
+                    i += 12;
+                } else if (0xD800..=0xDFFF).contains(&cu) {
+                    out.extend_from_slice(b"\\uFFFD");
+                    changed = true;
+                    i += 6;
+                } else {
+                    out.extend_from_slice(&body[i..i + 6]);
+                    i += 6;
+                }
+            }
+            b'\\' => {
+                out.extend_from_slice(&body[i..(i + 2).min(body.len())]);
+                i += 2;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    changed.then_some(out)
 }
 
 /// Reads a list in any of the shapes the gateway uses: absent or null (empty), a plain array
@@ -235,6 +308,21 @@ mod tests {
             TopError::Decode { body_head, .. } => assert_eq!(body_head.len(), BODY_HEAD),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A lone surrogate escape in one message does not make the batch unreadable; valid pairs,
+    /// escaped backslashes and double-escaped content are left alone.
+    #[test]
+    fn lone_surrogates_are_repaired() {
+        let body = br#"{"messages":[{"id":1,"content":"a\ud800b"},{"id":2,"content":"\ud83d\ude00 and \\ud800 and \udc00"}]}"#;
+        let inner = decode(CONSUME, 200, body).unwrap();
+        let items = list(inner.get("messages")).unwrap();
+        assert_eq!(items[0]["content"], "a\u{FFFD}b");
+        assert_eq!(items[1]["content"], "😀 and \\ud800 and \u{FFFD}");
+        assert_eq!(
+            repair_lone_surrogates(br#"{"a":"\ud83d\ude00 \\ud800"}"#),
+            None
+        );
     }
 
     /// Lists of the wrong type are refused, not silently emptied.
