@@ -523,18 +523,23 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             .collect();
         let owner = shared.owner.as_str();
         let claims = stream::iter(claim_inputs.into_iter().map(|(id, topic)| async move {
-            let r = self
-                .store
-                .claim(Claim {
-                    id: &id,
-                    owner,
-                    lease_until_ms,
-                    now_ms,
-                    expires_at,
-                    topic: &topic,
-                    group,
-                })
-                .await;
+            let claim = self.store.claim(Claim {
+                id: &id,
+                owner,
+                lease_until_ms,
+                now_ms,
+                expires_at,
+                topic: &topic,
+                group,
+            });
+            let r = match tokio::time::timeout_at(deadline, claim).await {
+                Ok(r) => r,
+                Err(_) => Err(PortError::new(
+                    "PutItem",
+                    Severity::Retryable,
+                    "no answer before the pass deadline",
+                )),
+            };
             (id, r)
         }))
         .buffered(self.settings.parallelism.max(1))
@@ -677,6 +682,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
 
         // 6. Confirm exactly what is safe.
         if !confirm_ids.is_empty() {
+            tracing::debug!(group, ids = ?confirm_ids, "confirming");
             let group_param = (!group_name.is_empty()).then_some(group_name);
             // Confirms get a little past the consume budget: they are what makes work stick.
             for chunk in self.tmc.confirm(group_param, &confirm_ids, deadline).await {
@@ -823,7 +829,18 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
     }
 
     async fn release(&self, id: &str, owner: &str) {
-        if let Err(e) = self.store.release(id, owner).await {
+        // Bounded: a release that cannot happen in time is replaced by the lease running out.
+        let r = match tokio::time::timeout(Duration::from_secs(3), self.store.release(id, owner))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(PortError::new(
+                "DeleteItem",
+                Severity::Retryable,
+                "timed out",
+            )),
+        };
+        if let Err(e) = r {
             // The claim then frees itself when its lease ends.
             tracing::warn!(id, error = %e, "could not release claim; it expires with its lease");
         }

@@ -402,7 +402,7 @@ async fn throttled_claims_defer() {
 async fn ban_stops_the_pass() {
     let (r, _) = relay();
     r.tmc.push(Err(TopError::Api {
-        method: "taobao.tmc.messages.consume".into(),
+        method: "taobao.tmc.messages.consume",
         code: 7,
         msg: "App Call Limited".into(),
         sub_code: Some("accesscontrol.limited-by-app-access-count".into()),
@@ -419,7 +419,7 @@ async fn ban_stops_the_pass() {
 async fn short_ban_is_waited_out() {
     let (r, _) = relay();
     r.tmc.push(Err(TopError::Api {
-        method: "taobao.tmc.messages.consume".into(),
+        method: "taobao.tmc.messages.consume",
         code: 7,
         msg: "App Call Limited".into(),
         sub_code: None,
@@ -437,7 +437,7 @@ async fn short_ban_is_waited_out() {
 async fn signature_error_is_fatal() {
     let (r, _) = relay();
     r.tmc.push(Err(TopError::Api {
-        method: "taobao.tmc.messages.consume".into(),
+        method: "taobao.tmc.messages.consume",
         code: 25,
         msg: "Invalid signature".into(),
         sub_code: None,

@@ -76,16 +76,16 @@ pub struct OnsUser {
     pub raw: Value,
 }
 
-fn invalid(method: &str, reason: impl Into<String>) -> TopError {
+fn invalid(method: &'static str, reason: impl Into<String>) -> TopError {
     TopError::InvalidRequest {
-        method: method.to_owned(),
+        method,
         reason: reason.into(),
     }
 }
 
-fn undecodable(method: &str, reason: String, inner: &Map<String, Value>) -> TopError {
+fn undecodable(method: &'static str, reason: String, inner: &Map<String, Value>) -> TopError {
     TopError::Decode {
-        method: method.to_owned(),
+        method,
         status: 200,
         reason,
         body_head: super::error::body_head(
@@ -101,7 +101,7 @@ fn push_group(params: &mut Vec<(&'static str, String)>, group: Option<&str>) {
     }
 }
 
-fn success(method: &str, inner: &Map<String, Value>) -> Result<bool, TopError> {
+fn success(method: &'static str, inner: &Map<String, Value>) -> Result<bool, TopError> {
     boolean(inner.get("is_success"))
         .ok_or_else(|| undecodable(method, "no is_success in the response".into(), inner))
 }
@@ -131,7 +131,7 @@ fn comma_list(v: &Value, name: &str) -> Vec<String> {
     }
 }
 
-fn check_ids_count(method: &str, n: usize, max: usize, what: &str) -> Result<(), TopError> {
+fn check_ids_count(method: &'static str, n: usize, max: usize, what: &str) -> Result<(), TopError> {
     if n > max {
         return Err(invalid(method, format!("at most {max} {what}, got {n}")));
     }
@@ -448,7 +448,7 @@ impl TopClient {
 }
 
 /// Group names: 1..=32 characters, not starting with `default`.
-pub fn validate_group_name(method: &str, name: &str) -> Result<(), TopError> {
+pub fn validate_group_name(method: &'static str, name: &str) -> Result<(), TopError> {
     if name.is_empty() || name.chars().count() > 32 {
         return Err(invalid(
             method,

@@ -142,7 +142,7 @@ impl TopClient {
     /// the caller decides whether a ban fits its budget.
     pub async fn call(
         &self,
-        method: &str,
+        method: &'static str,
         business: &[(&str, String)],
         session: Option<&Secret>,
         deadline: Instant,
@@ -171,21 +171,19 @@ impl TopClient {
     /// One signed request, no retry.
     pub async fn call_once(
         &self,
-        method: &str,
+        method: &'static str,
         business: &[(&str, String)],
         session: Option<&Secret>,
         deadline: Instant,
     ) -> Result<Map<String, Value>, TopError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining < Duration::from_millis(20) {
-            return Err(TopError::Deadline {
-                method: method.to_owned(),
-            });
+            return Err(TopError::Deadline { method });
         }
         let timeout = remaining.min(self.cfg.request_timeout);
         let (url, body) = self.build(method, business, session, (self.clock)());
         let transport = |e: reqwest::Error| TopError::Transport {
-            method: method.to_owned(),
+            method,
             timeout: e.is_timeout(),
             detail: error_chain(&e),
         };
@@ -206,7 +204,7 @@ impl TopClient {
             while let Some(chunk) = resp.chunk().await.map_err(transport)? {
                 if buf.len() + chunk.len() > self.cfg.max_body_bytes {
                     return Err(TopError::TooLarge {
-                        method: method.to_owned(),
+                        method,
                         limit: self.cfg.max_body_bytes,
                     });
                 }
@@ -217,7 +215,7 @@ impl TopClient {
         match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(TopError::Transport {
-                method: method.to_owned(),
+                method,
                 timeout: true,
                 detail: format!("no complete response within {} ms", timeout.as_millis()),
             }),
@@ -228,7 +226,7 @@ impl TopClient {
     /// parameters). Empty values are never sent, and so never signed.
     pub fn build(
         &self,
-        method: &str,
+        method: &'static str,
         business: &[(&str, String)],
         session: Option<&Secret>,
         now: SystemTime,

@@ -15,19 +15,23 @@ pub fn response_key(method: &str) -> String {
 }
 
 /// Decodes a body in either the plain (`<name>_response` root) or the simplified shape.
-pub fn decode(method: &str, status: u16, body: &[u8]) -> Result<Map<String, Value>, TopError> {
+pub fn decode(
+    method: &'static str,
+    status: u16,
+    body: &[u8],
+) -> Result<Map<String, Value>, TopError> {
     let ok_status = (200..300).contains(&status);
     let fail = |reason: String| {
         if ok_status {
             TopError::Decode {
-                method: method.to_owned(),
+                method,
                 status,
                 reason,
                 body_head: body_head(body, BODY_HEAD),
             }
         } else {
             TopError::Http {
-                method: method.to_owned(),
+                method,
                 status,
                 body_head: body_head(body, BODY_HEAD),
             }
@@ -70,7 +74,7 @@ pub fn decode(method: &str, status: u16, body: &[u8]) -> Result<Map<String, Valu
     }
 }
 
-fn api_error(method: &str, err: &Value) -> TopError {
+fn api_error(method: &'static str, err: &Value) -> TopError {
     let text = |name: &str| match err.get(name) {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
@@ -82,7 +86,7 @@ fn api_error(method: &str, err: &Value) -> TopError {
         _ => -1,
     };
     TopError::Api {
-        method: method.to_owned(),
+        method,
         code,
         msg: text("msg").unwrap_or_default(),
         sub_code: text("sub_code"),

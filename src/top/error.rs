@@ -12,7 +12,7 @@ pub enum TopError {
     #[error("{method}: TOP error {code}{}: {msg}{}{}", sub_code.as_deref().map(|s| format!(" ({s})")).unwrap_or_default(), sub_msg.as_deref().map(|s| format!(": {s}")).unwrap_or_default(), request_id.as_deref().map(|s| format!(" [request_id {s}]")).unwrap_or_default())]
     Api {
         /// The API method that failed, e.g. `taobao.tmc.messages.consume`.
-        method: String,
+        method: &'static str,
         /// The numeric error code (sent as a number or a string; unparseable codes become -1).
         code: i64,
         /// `msg`, empty when absent.
@@ -27,7 +27,7 @@ pub enum TopError {
     /// The gateway answered with a non-success HTTP status and no error envelope.
     #[error("{method}: HTTP {status} from the gateway: {body_head:?}")]
     Http {
-        method: String,
+        method: &'static str,
         status: u16,
         /// The first bytes of the body, for diagnosis.
         body_head: String,
@@ -35,28 +35,31 @@ pub enum TopError {
     /// The body was not the JSON this method returns (HTML page, truncated JSON, wrong types).
     #[error("{method}: undecodable response (HTTP {status}): {reason}; body starts {body_head:?}")]
     Decode {
-        method: String,
+        method: &'static str,
         status: u16,
         reason: String,
         body_head: String,
     },
     /// The response body exceeded the client's cap; nothing past the cap was read.
     #[error("{method}: response body larger than {limit} bytes")]
-    TooLarge { method: String, limit: usize },
+    TooLarge { method: &'static str, limit: usize },
     /// Connection refused or reset, DNS, TLS, or a timeout.
     #[error("{method}: transport error{}: {detail}", if *timeout { " (timeout)" } else { "" })]
     Transport {
-        method: String,
+        method: &'static str,
         /// True when the request or connection timed out.
         timeout: bool,
         detail: String,
     },
     /// The caller asked for something the API does not allow; nothing was sent.
     #[error("{method}: invalid request: {reason}")]
-    InvalidRequest { method: String, reason: String },
+    InvalidRequest {
+        method: &'static str,
+        reason: String,
+    },
     /// The caller's deadline had passed before the call could be made.
     #[error("{method}: deadline reached before the call could complete")]
-    Deadline { method: String },
+    Deadline { method: &'static str },
 }
 
 /// What a caller should do about an error.
@@ -281,7 +284,7 @@ mod tests {
     #[test]
     fn classifies_http_and_transport() {
         let http = |status| TopError::Http {
-            method: "m".into(),
+            method: "m",
             status,
             body_head: String::new(),
         };
@@ -292,7 +295,7 @@ mod tests {
         );
         assert_eq!(http(400).class(), ErrorClass::Permanent);
         let t = TopError::Transport {
-            method: "m".into(),
+            method: "m",
             timeout: true,
             detail: "x".into(),
         };
@@ -304,7 +307,7 @@ mod tests {
     #[test]
     fn api_error_display() {
         let e = TopError::Api {
-            method: "taobao.tmc.messages.consume".into(),
+            method: "taobao.tmc.messages.consume",
             code: 7,
             msg: "App Call Limited".into(),
             sub_code: Some("accesscontrol.limited-by-app-access-count".into()),
