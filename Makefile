@@ -1,0 +1,96 @@
+# tmc-relay: run it locally, test it, build it, deploy and operate it. `make help` lists targets.
+#
+# Python tools live in a project-local virtualenv (.venv, git-ignored), installed on first use
+# from the pinned infra/requirements*.txt. Services started locally bind 127.0.0.1 only and are
+# always stopped again; their ports, pids and logs go to .run/.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV := .venv
+VENV_BIN := $(abspath $(VENV))/bin
+TOOLS := $(VENV)/.tools-installed
+DEPLOY_TOOLS := $(VENV)/.deploy-tools-installed
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+PIP := $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check
+
+# cargo-lambda, zig (python -m ziglang) and sam come from the virtualenv. The jitter-entropy
+# source of aws-lc-sys costs ~50 ms of cold start and is not needed on Lambda.
+TOOLS_ENV := PATH="$(VENV_BIN):$$PATH" AWS_LC_SYS_NO_JITTER_ENTROPY=1 SAM_CLI_TELEMETRY=0
+
+# The deployed stack: from samconfig.toml once `make deploy` has run, or STACK=... on the line.
+STACK ?= $(shell sed -n 's/^stack_name *= *"\(.*\)"/\1/p' samconfig.toml 2>/dev/null | head -n1)
+
+# make backfill variables (empty: the deployed default).
+GROUP ?=
+QUANTITY ?=
+MODE ?=
+MAX_BATCHES ?=
+MAX_MESSAGES ?=
+MAX_SECONDS ?=
+CONCURRENCY ?=
+
+.PHONY: help demo test lint build sam-build deploy backfill logs
+
+help: ## List the targets
+	@echo "tmc-relay targets:"
+	@sed -n 's/^\([a-z-]*\):.*## \(.*\)/  make \1\t\2/p' $(MAKEFILE_LIST) | expand -t 22
+
+demo: $(TOOLS) ## One relay pass locally: moto + TMC simulator (3,000 messages) → SQS; prints report and messages
+	cargo build --bins
+	infra/demo.sh
+
+test: $(TOOLS) ## All tests: cfn-lint + template tests, then cargo nextest against a local moto
+	infra/test.sh
+
+lint: $(TOOLS) ## cargo fmt --check, cargo clippy -D warnings, cfn-lint
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	$(VENV)/bin/cfn-lint template.yaml
+
+build: $(TOOLS) ## Release Lambda artifact for arm64: target/lambda/bootstrap/bootstrap.zip (prints its size)
+	@rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu \
+		|| rustup target add aarch64-unknown-linux-gnu
+	$(TOOLS_ENV) cargo lambda build --release --arm64 --bin bootstrap --output-format zip \
+		--lambda-dir $(TARGET_DIR)/lambda
+	@$(VENV)/bin/python infra/local.py artifact $(TARGET_DIR)/lambda/bootstrap/bootstrap.zip
+
+sam-build: $(DEPLOY_TOOLS) ## sam build --beta-features (offline; output in .aws-sam/)
+	$(TOOLS_ENV) $(VENV)/bin/sam build --beta-features
+
+deploy: sam-build ## sam deploy (--guided the first time, which saves your answers in samconfig.toml)
+	@if grep -q '^stack_name' samconfig.toml; then \
+		$(TOOLS_ENV) $(VENV)/bin/sam deploy; \
+	else \
+		$(TOOLS_ENV) $(VENV)/bin/sam deploy --guided; \
+	fi
+
+backfill: $(TOOLS) ## Invoke the deployed function once: GROUP= QUANTITY= MODE= MAX_BATCHES= MAX_MESSAGES= MAX_SECONDS= CONCURRENCY=
+	@test -n "$(STACK)" || { echo "no stack: run make deploy first, or pass STACK=<name>" >&2; exit 2; }
+	$(VENV)/bin/python infra/local.py backfill --stack "$(STACK)" \
+		--group "$(GROUP)" --quantity "$(QUANTITY)" --mode "$(MODE)" \
+		--max-batches "$(MAX_BATCHES)" --max-messages "$(MAX_MESSAGES)" \
+		--max-seconds "$(MAX_SECONDS)" --concurrency "$(CONCURRENCY)"
+
+logs: $(DEPLOY_TOOLS) ## Tail the deployed function's logs
+	@test -n "$(STACK)" || { echo "no stack: run make deploy first, or pass STACK=<name>" >&2; exit 2; }
+	$(TOOLS_ENV) $(VENV)/bin/sam logs --stack-name "$(STACK)" --name RelayFunction --tail
+
+# --- the virtualenv (stamp files: reinstalled when a requirements file changes) ----------------
+
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+		|| { echo "$(PYTHON) is older than 3.10; set PYTHON=python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV) \
+		|| { echo "python3 -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
+
+$(TOOLS): infra/requirements.txt | $(VENV)/bin/python
+	$(PIP) -r infra/requirements.txt
+	@touch $@
+
+$(DEPLOY_TOOLS): infra/requirements-deploy.txt infra/requirements.txt | $(VENV)/bin/python
+	$(PIP) -r infra/requirements-deploy.txt
+	@touch $(TOOLS) $@

@@ -1,0 +1,107 @@
+# Shared by infra/test.sh and infra/demo.sh (sourced, not run): start local services on
+# 127.0.0.1 and stop exactly those again, whatever happens.
+#
+# Each run gets its own directory under .run/ (ports, pids, logs), so two runs in one checkout
+# do not collide. It is removed when the run succeeds and kept, with its logs, when it fails.
+
+VENV_PY=${VENV_PY:-.venv/bin/python}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+
+_started_pids=()
+
+# new_run_dir NAME: creates .run/NAME.XXXXXX and sets RUN_DIR.
+new_run_dir() {
+    mkdir -p .run
+    RUN_DIR=$(mktemp -d ".run/$1.XXXXXX")
+}
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Local runs talk to moto with dummy credentials: never to a real account by accident.
+use_dummy_aws() {
+    unset AWS_PROFILE AWS_SESSION_TOKEN AWS_DEFAULT_PROFILE
+    export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+    export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+    export AWS_EC2_METADATA_DISABLED=true
+}
+
+# wait_for_file FILE PID WHAT: waits until FILE has a complete first line, while PID lives.
+wait_for_file() {
+    local file=$1 pid=$2 what=$3 i
+    for i in $(seq 1 600); do
+        if [ -s "$file" ] && [ "$(wc -l <"$file")" -ge 1 ]; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "$what exited before it was ready; its log:"
+            tail -n 30 "$RUN_DIR/$what.log" >&2 || true
+            return 1
+        fi
+        sleep 0.1
+    done
+    log "$what was not ready within 60 s; its log is $RUN_DIR/$what.log"
+    return 1
+}
+
+# start_moto: starts moto on 127.0.0.1 and a free port; exports MOTO_ENDPOINT.
+start_moto() {
+    "$VENV_PY" infra/local.py moto --host 127.0.0.1 --port-file "$RUN_DIR/moto.port" \
+        >"$RUN_DIR/moto.log" 2>&1 &
+    local pid=$!
+    _started_pids+=("$pid")
+    echo "$pid" >"$RUN_DIR/moto.pid"
+    wait_for_file "$RUN_DIR/moto.port" "$pid" moto || return 1
+    MOTO_ENDPOINT="http://127.0.0.1:$(head -n1 "$RUN_DIR/moto.port")"
+    export MOTO_ENDPOINT
+    "$VENV_PY" infra/local.py wait-http "$MOTO_ENDPOINT/moto-api/" --timeout 30 || return 1
+    log "moto is up at $MOTO_ENDPOINT (pid $pid)"
+}
+
+# start_sim APP_KEY PRELOAD: starts tmc-sim on 127.0.0.1:0; the secret comes from
+# TMC_SIM_APP_SECRET in the environment (never argv). Sets SIM_URL to the gateway URL it prints.
+start_sim() {
+    local app_key=$1 preload=$2
+    "$TARGET_DIR/debug/tmc-sim" --listen 127.0.0.1:0 --app-key "$app_key" --preload "$preload" \
+        >"$RUN_DIR/tmc-sim.out" 2>"$RUN_DIR/tmc-sim.log" &
+    local pid=$!
+    _started_pids+=("$pid")
+    echo "$pid" >"$RUN_DIR/tmc-sim.pid"
+    wait_for_file "$RUN_DIR/tmc-sim.out" "$pid" tmc-sim || return 1
+    SIM_URL=$(head -n1 "$RUN_DIR/tmc-sim.out")
+    log "tmc-sim is up at $SIM_URL (pid $pid, $preload messages preloaded)"
+}
+
+# stop_started: SIGTERM to everything this script started, SIGKILL to what is left after 5 s.
+stop_started() {
+    local pid i
+    [ "${#_started_pids[@]}" -gt 0 ] || return 0
+    for pid in "${_started_pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for i in $(seq 1 50); do
+        local alive=0
+        for pid in "${_started_pids[@]}"; do
+            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+        done
+        [ "$alive" = 1 ] || break
+        sleep 0.1
+    done
+    for pid in "${_started_pids[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    _started_pids=()
+}
+
+# finish STATUS: stops services; removes RUN_DIR on success, keeps it (and says so) on failure.
+finish() {
+    local status=$1
+    stop_started
+    if [ -n "${RUN_DIR:-}" ] && [ -d "$RUN_DIR" ]; then
+        if [ "$status" -eq 0 ]; then
+            rm -rf "$RUN_DIR"
+        else
+            log "logs kept in $RUN_DIR"
+        fi
+    fi
+}

@@ -1,0 +1,407 @@
+"""Checks on template.yaml that cfn-lint cannot make: that the function gets exactly the
+environment the code reads and exactly the permissions the code uses, that everything holding
+messages is encrypted, and that the shapes agree with the code and with infra/local.py.
+
+Run by `make test` (`.venv/bin/python -m pytest infra/tests`).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+from cfnlint.decode import decode
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+CONFIG_RS = ROOT / "src" / "config.rs"
+TELEMETRY_RS = ROOT / "src" / "telemetry.rs"
+
+# Read by the code but deliberately not set by the template: the secret is never a plain
+# environment variable in a deployment; TOP_APP_SECRET_ARN replaces it.
+NOT_SET_IN_DEPLOYMENT = {"TOP_APP_SECRET"}
+
+# Exactly what the code calls, and on what (see the function's Policies in template.yaml).
+DEDUP_ACTIONS = {
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
+}
+EXPECTED_GRANTS = (
+    {("sqs:SendMessage", "GetAtt RelayQueue.Arn"), ("sqs:SendMessage", "GetAtt ParkingQueue.Arn")}
+    | {(a, "GetAtt DedupTable.Arn") for a in DEDUP_ACTIONS}
+    | {("secretsmanager:GetSecretValue", "Ref AppSecretArn")}
+)
+
+# SAM adds this managed policy (CloudWatch Logs) to the function's role; nothing else is allowed.
+SAM_LOGGING_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def plain(node):
+    """cfn-lint's YAML nodes as plain dicts/lists/strings (tags become Ref/Fn::* keys)."""
+    return json.loads(json.dumps(node))
+
+
+@pytest.fixture(scope="module")
+def template() -> dict:
+    tpl, errors = decode(str(TEMPLATE))
+    assert not errors, f"template.yaml does not parse: {errors}"
+    return plain(tpl)
+
+
+def resources_of(template: dict, type_: str) -> dict[str, dict]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == type_}
+
+
+def function(template: dict) -> dict:
+    fns = resources_of(template, "AWS::Serverless::Function")
+    assert list(fns) == ["RelayFunction"], f"expected one function RelayFunction, found {list(fns)}"
+    return fns["RelayFunction"]
+
+
+def env_vars_read_by_code() -> list[str]:
+    if not CONFIG_RS.exists():
+        pytest.fail(f"{CONFIG_RS.relative_to(ROOT)} does not exist yet: it must declare ENV_VARS")
+    m = re.search(r"pub const ENV_VARS\s*:\s*&\[&str\]\s*=\s*&\[(.*?)\];", CONFIG_RS.read_text(), re.S)
+    if not m:
+        pytest.fail(
+            "src/config.rs has no `pub const ENV_VARS: &[&str] = &[...];` listing the "
+            "environment variables the code reads; the template test needs it"
+        )
+    names = re.findall(r'"([A-Z0-9_]+)"', m.group(1))
+    assert names, "ENV_VARS in src/config.rs is empty"
+    return names
+
+
+def is_standard(name: str) -> bool:
+    """Set by Lambda itself (or the standard AWS SDK variables), never by the template."""
+    return name.startswith("AWS_") or name == "RUST_LOG"
+
+
+def describe(ref) -> str:
+    """A resource reference as text: {"Fn::GetAtt": ["Q", "Arn"]} -> "GetAtt Q.Arn"."""
+    if isinstance(ref, dict) and len(ref) == 1:
+        (k, v), = ref.items()
+        if k == "Fn::GetAtt":
+            return "GetAtt " + (v if isinstance(v, str) else ".".join(v))
+        if k == "Ref":
+            return f"Ref {v}"
+    return json.dumps(ref, sort_keys=True)
+
+
+def as_list(v) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def statements(node):
+    """Every IAM policy statement anywhere under node (any dict with a Statement list)."""
+    if isinstance(node, dict):
+        if "Statement" in node:
+            yield from as_list(node["Statement"])
+        for v in node.values():
+            yield from statements(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from statements(v)
+
+
+def contains_wildcard(value) -> bool:
+    """True if value is, or contains, a string with `*` (e.g. "*", "sqs:*", "arn:...:table/*")."""
+    if isinstance(value, str):
+        return "*" in value
+    if isinstance(value, list):
+        return any(contains_wildcard(v) for v in value)
+    if isinstance(value, dict):
+        return any(contains_wildcard(v) for v in value.values())
+    return False
+
+
+def wildcard_problems(template: dict) -> list[str]:
+    problems = []
+    for st in statements(template["Resources"]):
+        for key in ("Action", "NotAction", "Resource", "NotResource"):
+            if key in st and contains_wildcard(st[key]):
+                problems.append(f"{key} has a wildcard in {json.dumps(st)}")
+        if "NotAction" in st or "NotResource" in st:
+            problems.append(f"NotAction/NotResource grants everything else: {json.dumps(st)}")
+    return problems
+
+
+def granted(template: dict) -> set[tuple[str, str]]:
+    """(action, resource) pairs the function's own policy statements allow."""
+    props = function(template)["Properties"]
+    assert "Role" not in props, "the function must use the SAM-generated role built from Policies"
+    pairs = set()
+    for policy in as_list(props.get("Policies", [])):
+        assert isinstance(policy, dict) and "Statement" in policy, (
+            f"only inline policy documents are allowed in Policies (no managed policy names or "
+            f"SAM policy templates, which grant more than the code uses): {policy}"
+        )
+        for st in as_list(policy["Statement"]):
+            assert st.get("Effect") == "Allow", f"unexpected statement {st}"
+            for action in as_list(st["Action"]):
+                for resource in as_list(st["Resource"]):
+                    pairs.add((action, describe(resource)))
+    return pairs
+
+
+def load_local_py():
+    spec = importlib.util.spec_from_file_location("tmc_relay_local", ROOT / "infra" / "local.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --- permissions --------------------------------------------------------------------------------
+
+
+def test_no_wildcard_action_or_resource_anywhere(template):
+    """No IAM statement in the template uses `*` in an action or a resource."""
+    assert wildcard_problems(template) == []
+
+
+def test_function_is_granted_exactly_what_the_code_calls(template):
+    """The function may send to its two queues, use its table and read its secret: nothing more."""
+    assert granted(template) == EXPECTED_GRANTS
+
+
+def test_the_checks_catch_a_wildcard_and_an_extra_grant(template):
+    """The two checks above fail when someone widens the policy (so they are not vacuous)."""
+    widened = copy.deepcopy(template)
+    stmts = function(widened)["Properties"]["Policies"][0]["Statement"]
+    stmts.append({"Effect": "Allow", "Action": "sqs:*", "Resource": "*"})
+    assert len(wildcard_problems(widened)) == len(wildcard_problems(template)) + 2
+    assert granted(widened) != EXPECTED_GRANTS
+
+    extra = copy.deepcopy(template)
+    stmts = function(extra)["Properties"]["Policies"][0]["Statement"]
+    stmts.append({"Effect": "Allow", "Action": "dynamodb:Scan", "Resource": {"Fn::GetAtt": ["DedupTable", "Arn"]}})
+    assert wildcard_problems(extra) == []
+    assert granted(extra) - EXPECTED_GRANTS == {("dynamodb:Scan", "GetAtt DedupTable.Arn")}
+
+
+def test_sam_generated_roles_stay_least_privilege(template, monkeypatch):
+    """After the SAM transform (offline), every IAM role is free of wildcards, and the only
+    managed policy is SAM's logging policy on the function's role."""
+    from samtranslator.translator.transform import transform
+
+    class NoManagedPolicies:
+        def load(self):
+            return {}
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    tpl = copy.deepcopy(template)
+    # The translator wants an S3 location; `sam build`/`sam deploy` put one there.
+    function(tpl)["Properties"]["CodeUri"] = "s3://example-bucket/bootstrap.zip"
+    params = {
+        "AppKey": "12345678",
+        "AppSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:tmc-app-AbCdEf",
+    }
+    out = transform(tpl, params, NoManagedPolicies())
+
+    roles = resources_of(out, "AWS::IAM::Role")
+    assert set(roles) == {"RelayFunctionRole", "RelayFunctionScheduleRole"}
+    assert roles["RelayFunctionRole"]["Properties"].get("ManagedPolicyArns") == [SAM_LOGGING_POLICY]
+    assert "ManagedPolicyArns" not in roles["RelayFunctionScheduleRole"]["Properties"]
+    assert wildcard_problems({"Resources": roles}) == []
+    assert not resources_of(out, "AWS::IAM::Policy") and not resources_of(out, "AWS::IAM::ManagedPolicy")
+
+    schedule_grants = {
+        (a, describe(r))
+        for st in statements(roles["RelayFunctionScheduleRole"]["Properties"]["Policies"])
+        for a in as_list(st["Action"])
+        for r in as_list(st["Resource"])
+    }
+    assert schedule_grants == {
+        ("lambda:InvokeFunction", "GetAtt RelayFunction.Arn"),
+        ("sqs:SendMessage", "GetAtt ScheduleDeadLetterQueue.Arn"),
+    }
+
+
+# --- environment --------------------------------------------------------------------------------
+
+
+def test_environment_is_exactly_what_the_code_reads(template):
+    """Every variable in src/config.rs ENV_VARS is set (bar the inline secret), and nothing else."""
+    code = set(env_vars_read_by_code())
+    expected = {v for v in code if not is_standard(v)} - NOT_SET_IN_DEPLOYMENT
+    env = function(template)["Properties"]["Environment"]["Variables"]
+    missing = expected - set(env)
+    unknown = set(env) - expected
+    assert not missing, f"the code reads these but the template does not set them: {sorted(missing)}"
+    assert not unknown, f"the template sets these but the code does not read them: {sorted(unknown)}"
+    assert NOT_SET_IN_DEPLOYMENT <= code, "ENV_VARS changed: revisit NOT_SET_IN_DEPLOYMENT"
+
+
+def test_environment_points_at_this_stack(template):
+    """Queue URLs, table name and secret come from the template's own resources and parameter."""
+    env = function(template)["Properties"]["Environment"]["Variables"]
+    assert env["RELAY_QUEUE_URL"] == {"Ref": "RelayQueue"}
+    assert env["PARKING_QUEUE_URL"] == {"Ref": "ParkingQueue"}
+    assert env["DEDUP_TABLE_NAME"] == {"Ref": "DedupTable"}
+    assert env["TOP_APP_SECRET_ARN"] == {"Ref": "AppSecretArn"}
+
+
+# --- encryption and shapes ----------------------------------------------------------------------
+
+
+def test_every_queue_is_encrypted(template):
+    queues = resources_of(template, "AWS::SQS::Queue")
+    assert set(queues) == {"RelayQueue", "RelayDeadLetterQueue", "ParkingQueue", "ScheduleDeadLetterQueue"}
+    for name, q in queues.items():
+        props = q["Properties"]
+        assert props.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in props, f"{name} is not encrypted"
+
+
+def test_dedup_table_matches_the_code(template):
+    """Key `pk` (S, hash only), TTL on `expires_at`, encrypted, on demand, retained."""
+    t = template["Resources"]["DedupTable"]
+    props = t["Properties"]
+    assert props["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert props["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"}]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert "PointInTimeRecoverySpecification" in props
+    assert t["DeletionPolicy"] == "Retain" and t["UpdateReplacePolicy"] == "Retain"
+
+
+def test_relay_queue_takes_1_mib_and_is_fifo_only_by_parameter(template):
+    r = template["Resources"]
+    relay, dlq = r["RelayQueue"]["Properties"], r["RelayDeadLetterQueue"]["Properties"]
+    assert relay["MaximumMessageSize"] == 1048576
+    assert r["ParkingQueue"]["Properties"]["MaximumMessageSize"] == 1048576
+    for q in (relay, dlq):
+        assert q["FifoQueue"] == {"Fn::If": ["IsFifo", True, {"Ref": "AWS::NoValue"}]}
+        name = q["QueueName"]["Fn::If"]
+        assert name[0] == "IsFifo" and name[1]["Fn::Sub"].endswith(".fifo")
+    assert relay["ContentBasedDeduplication"] == {"Fn::If": ["IsFifo", False, {"Ref": "AWS::NoValue"}]}
+    assert relay["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["RelayDeadLetterQueue", "Arn"]}
+    assert template["Conditions"]["IsFifo"] == {"Fn::Equals": [{"Ref": "FifoQueue"}, "true"]}
+
+
+def test_local_environment_matches_the_template(template):
+    """infra/local.py (make demo) creates the same shapes as the template."""
+    local = load_local_py()
+    r = template["Resources"]
+    relay = r["RelayQueue"]["Properties"]
+    assert local.QUEUE_MAXIMUM_MESSAGE_SIZE == relay["MaximumMessageSize"]
+    assert local.QUEUE_RETENTION_SECONDS == relay["MessageRetentionPeriod"]
+    assert local.CONSUMER_MAX_RECEIVE_COUNT == template["Parameters"]["ConsumerMaxReceiveCount"]["Default"]
+    table = local.table_definition("t")
+    props = r["DedupTable"]["Properties"]
+    assert table["KeySchema"] == props["KeySchema"]
+    assert table["AttributeDefinitions"] == props["AttributeDefinitions"]
+    assert table["BillingMode"] == props["BillingMode"]
+    assert local.TABLE_TTL_ATTRIBUTE == props["TimeToLiveSpecification"]["AttributeName"]
+    attrs = local.queue_attributes(fifo=True, dlq_arn="arn:aws:sqs:us-east-1:000000000000:d.fifo")
+    assert attrs["SqsManagedSseEnabled"] == "true"
+    assert attrs["FifoQueue"] == "true" and attrs["ContentBasedDeduplication"] == "false"
+
+
+# --- function and schedule ----------------------------------------------------------------------
+
+
+def test_function_runtime_and_build(template):
+    fn = function(template)
+    p = fn["Properties"]
+    assert (p["Runtime"], p["Architectures"], p["Handler"]) == ("provided.al2023", ["arm64"], "bootstrap")
+    assert fn["Metadata"]["BuildMethod"] == "rust-cargolambda"
+    assert fn["Metadata"]["BuildProperties"]["Binary"] == "bootstrap"
+    assert p["LoggingConfig"]["LogFormat"] == "JSON"
+    assert p["LoggingConfig"]["LogGroup"] == {"Ref": "RelayLogGroup"}
+    assert "RetentionInDays" in template["Resources"]["RelayLogGroup"]["Properties"]
+    assert p["ReservedConcurrentExecutions"] == {"Ref": "ReservedConcurrency"}
+    assert template["Parameters"]["ReservedConcurrency"]["Default"] >= 2, "leave room for a backfill"
+
+
+def test_lambda_async_retries_are_off(template):
+    """The scheduler retries; Lambda's own async retries must not stack on top."""
+    cfg = function(template)["Properties"]["EventInvokeConfig"]
+    assert cfg["MaximumRetryAttempts"] == 0
+
+
+def test_schedule_is_scheduler_v2_with_its_own_retries_and_dlq(template):
+    events = function(template)["Properties"]["Events"]
+    assert list(events) == ["Schedule"]
+    s = events["Schedule"]
+    assert s["Type"] == "ScheduleV2"
+    p = s["Properties"]
+    assert p["ScheduleExpression"] == {"Ref": "ScheduleExpression"}
+    assert p["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    assert "MaximumRetryAttempts" in p["RetryPolicy"]
+    assert p["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"]}}
+
+
+def test_default_timeout_fits_in_the_default_schedule_period(template):
+    """Passes do not pile up: the default Timeout is at most the default schedule period."""
+    params = template["Parameters"]
+    m = re.fullmatch(r"rate\((\d+) (minute|minutes|hour|hours)\)", params["ScheduleExpression"]["Default"])
+    assert m, "the default schedule should be a rate() expression"
+    period = int(m.group(1)) * (60 if m.group(2).startswith("minute") else 3600)
+    assert params["Timeout"]["Default"] <= period
+
+
+# --- alarms and dashboard -----------------------------------------------------------------------
+
+
+def emf_metric_names() -> set[str]:
+    if not TELEMETRY_RS.exists():
+        pytest.fail("src/telemetry.rs does not exist yet: it must emit the EMF metrics")
+    return set(re.findall(r'\(\s*"([A-Za-z]+)"\s*,', TELEMETRY_RS.read_text())) | set(
+        re.findall(r'"Name":\s*"([A-Za-z]+)"', TELEMETRY_RS.read_text())
+    )
+
+
+def test_alarms_cover_the_issue_and_notify_the_optional_topic(template):
+    alarms = resources_of(template, "AWS::CloudWatch::Alarm")
+    watched = {(a["Properties"]["Namespace"], a["Properties"]["MetricName"]) for a in alarms.values()}
+    assert watched == {
+        ("AWS/Lambda", "Errors"),
+        ("AWS/Lambda", "Throttles"),
+        ("TmcRelay", "Parked"),
+        ("TmcRelay", "Deferred"),
+        ("TmcRelay", "OldestMessageAgeSeconds"),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+    }
+    for name, a in alarms.items():
+        p = a["Properties"]
+        for key in ("AlarmActions", "OKActions"):
+            assert p[key] == {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}, name
+        assert p["TreatMissingData"] == "notBreaching", name
+        if p["Namespace"] in ("TmcRelay", "AWS/Lambda"):
+            assert p["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "RelayFunction"}}], name
+
+
+def test_alarms_and_dashboard_use_metrics_the_code_emits(template):
+    """A renamed EMF metric in src/telemetry.rs must not silently blind an alarm or a graph."""
+    emitted = emf_metric_names()
+    alarms = resources_of(template, "AWS::CloudWatch::Alarm")
+    for a in alarms.values():
+        p = a["Properties"]
+        if p["Namespace"] == "TmcRelay":
+            assert p["MetricName"] in emitted, f"alarm on {p['MetricName']}, which the code does not emit"
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
+    dash = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))
+    for w in dash["widgets"]:
+        rows = w["properties"]["metrics"]
+        namespace = None
+        for row in rows:
+            namespace = row[0] if row[0] != "." else namespace
+            if namespace == "TmcRelay":
+                assert row[1] in emitted, f"dashboard graphs {row[1]}, which the code does not emit"
+
+
+def test_outputs(template):
+    assert {"FunctionName", "RelayQueueUrl", "ParkingQueueUrl", "DedupTableName", "DashboardUrl"} <= set(
+        template["Outputs"]
+    )
