@@ -1,0 +1,348 @@
+//! Fault rules per operation, the seeded choice of faults, and the counts of what was injected.
+//!
+//! The n-th request of an operation always draws the same faults for a given seed, whatever the
+//! other operations do: each request gets its own SplitMix64 stream keyed by (seed, operation, n).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The rule key that applies to every operation without a rule of its own.
+pub const ANY_OPERATION: &str = "*";
+
+/// What to do to one operation's requests. Rates are probabilities in `0.0..=1.0`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpRules {
+    /// Added before answering every request, to model the service's round trip.
+    pub latency_ms: u64,
+    /// A uniform extra delay in `0..=latency_jitter_ms` on top of `latency_ms`.
+    pub latency_jitter_ms: u64,
+    /// Answer with the service's throttling error without reaching the backend.
+    pub throttle_rate: f64,
+    /// Answer HTTP 500 without reaching the backend.
+    pub error500_rate: f64,
+    /// Let the backend carry out the request, then close the connection without answering.
+    pub lost_response_rate: f64,
+    /// How long the connection stays open, silent, before a lost response closes it: 0 closes at
+    /// once (the client sees a reset), a long delay makes the client's own timeout fire first.
+    pub lost_response_delay_ms: u64,
+    /// Per entry, for `SendMessageBatch` (a `Failed` entry), `BatchWriteItem` (an
+    /// `UnprocessedItems` request) and `BatchGetItem` (an `UnprocessedKeys` key): the entry is
+    /// kept from the backend and reported as not done.
+    pub partial_failure_rate: f64,
+    /// Among fabricated `SendMessageBatch` failures, the share with `SenderFault: true`
+    /// (`InvalidParameterValue`); the rest are `SenderFault: false` (`InternalError` or
+    /// `ServiceUnavailable`).
+    pub sender_fault_share: f64,
+}
+
+impl OpRules {
+    fn check(&self, op: &str) -> Result<(), String> {
+        let rates = [
+            ("throttle_rate", self.throttle_rate),
+            ("error500_rate", self.error500_rate),
+            ("lost_response_rate", self.lost_response_rate),
+            ("partial_failure_rate", self.partial_failure_rate),
+            ("sender_fault_share", self.sender_fault_share),
+        ];
+        for (name, v) in rates {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{op}.{name} must be within 0..=1, got {v}"));
+            }
+        }
+        let whole = self.throttle_rate + self.error500_rate + self.lost_response_rate;
+        if whole > 1.0 + 1e-9 {
+            return Err(format!(
+                "{op}: throttle_rate + error500_rate + lost_response_rate must not exceed 1, got {whole}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Rules by operation name as in `X-Amz-Target` (`SendMessageBatch`, `PutItem`, ...), with
+/// [`ANY_OPERATION`] (`"*"`) for the rest. JSON: `{"SendMessageBatch": {"latency_ms": 10}}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Rules(pub BTreeMap<String, OpRules>);
+
+impl Rules {
+    /// No faults, no latency.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces the rule for one operation (or [`ANY_OPERATION`]).
+    pub fn with(mut self, op: &str, rules: OpRules) -> Self {
+        self.0.insert(op.to_owned(), rules);
+        self
+    }
+
+    /// The rule in force for `op`.
+    pub fn for_op(&self, op: &str) -> OpRules {
+        self.0
+            .get(op)
+            .or_else(|| self.0.get(ANY_OPERATION))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Rejects rates outside `0..=1`.
+    pub fn validate(&self) -> Result<(), String> {
+        self.0.iter().try_for_each(|(op, r)| r.check(op))
+    }
+}
+
+/// A whole-request fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Throttle,
+    Error500,
+    LostResponse,
+}
+
+/// SplitMix64: small, fast, and good enough to spread faults; the same seed gives the same run.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`, from the top 53 bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.next_f64() < p
+    }
+
+    /// Uniform in `0..=max`.
+    pub fn up_to(&mut self, max: u64) -> u64 {
+        if max == 0 {
+            0
+        } else {
+            self.next_u64() % (max + 1)
+        }
+    }
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The random stream of the `n`-th request (from 0) of `op`.
+pub fn request_rng(seed: u64, op: &str, n: u64) -> SplitMix64 {
+    let mut mix = SplitMix64::new(seed ^ fnv1a(op));
+    let base = mix.next_u64();
+    SplitMix64::new(base ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03))
+}
+
+/// The whole-request fault drawn for one request, if any. Draws exactly one number.
+pub fn choose_fault(rules: &OpRules, rng: &mut SplitMix64) -> Option<Fault> {
+    let u = rng.next_f64();
+    let mut edge = rules.throttle_rate;
+    if u < edge {
+        return Some(Fault::Throttle);
+    }
+    edge += rules.error500_rate;
+    if u < edge {
+        return Some(Fault::Error500);
+    }
+    edge += rules.lost_response_rate;
+    if u < edge {
+        return Some(Fault::LostResponse);
+    }
+    None
+}
+
+/// Counts for one operation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpStats {
+    /// Requests received (including faulted ones).
+    pub requests: u64,
+    /// Throttling errors answered.
+    pub throttled: u64,
+    /// HTTP 500s answered.
+    pub error500: u64,
+    /// Requests carried out whose answer was then withheld.
+    pub lost_responses: u64,
+    /// Fabricated `Failed` entries (SQS) or unprocessed items/keys (DynamoDB).
+    pub failed_entries: u64,
+    /// Of `failed_entries`, those with `SenderFault: true`.
+    pub sender_fault_entries: u64,
+}
+
+impl OpStats {
+    /// Every injected fault, whole-request or per entry.
+    pub fn faults(&self) -> u64 {
+        self.throttled + self.error500 + self.lost_responses + self.failed_entries
+    }
+}
+
+/// Counts by operation name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultStats {
+    pub ops: BTreeMap<String, OpStats>,
+}
+
+impl FaultStats {
+    /// The counts for one operation (zero if it was never called).
+    pub fn op(&self, op: &str) -> OpStats {
+        self.ops.get(op).cloned().unwrap_or_default()
+    }
+
+    /// The sums over all operations.
+    pub fn total(&self) -> OpStats {
+        self.ops.values().fold(OpStats::default(), |mut t, s| {
+            t.requests += s.requests;
+            t.throttled += s.throttled;
+            t.error500 += s.error500;
+            t.lost_responses += s.lost_responses;
+            t.failed_entries += s.failed_entries;
+            t.sender_fault_entries += s.sender_fault_entries;
+            t
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draws(seed: u64, op: &str, rules: &OpRules, n: u64) -> Vec<Option<Fault>> {
+        (0..n)
+            .map(|i| choose_fault(rules, &mut request_rng(seed, op, i)))
+            .collect()
+    }
+
+    fn five_percent_each() -> OpRules {
+        OpRules {
+            throttle_rate: 0.05,
+            error500_rate: 0.05,
+            lost_response_rate: 0.05,
+            ..OpRules::default()
+        }
+    }
+
+    /// SplitMix64 from seed 0 gives the published reference outputs.
+    #[test]
+    fn splitmix64_matches_reference_vector() {
+        let mut r = SplitMix64::new(0);
+        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+        assert_eq!(r.next_u64(), 0x06C4_5D18_8009_454F);
+    }
+
+    /// The same seed, operation and request number always draw the same fault.
+    #[test]
+    fn fault_choice_is_deterministic_for_a_seed() {
+        let r = five_percent_each();
+        assert_eq!(
+            draws(42, "PutItem", &r, 2000),
+            draws(42, "PutItem", &r, 2000)
+        );
+    }
+
+    /// Different seeds give different fault sequences.
+    #[test]
+    fn fault_choice_differs_between_seeds() {
+        let r = five_percent_each();
+        assert_ne!(draws(1, "PutItem", &r, 2000), draws(2, "PutItem", &r, 2000));
+    }
+
+    /// Operations draw from separate streams, so one operation's traffic cannot shift another's.
+    #[test]
+    fn fault_choice_differs_between_operations() {
+        let r = five_percent_each();
+        assert_ne!(
+            draws(7, "PutItem", &r, 2000),
+            draws(7, "SendMessageBatch", &r, 2000)
+        );
+    }
+
+    /// Over many requests each fault kind turns up at close to its rate.
+    #[test]
+    fn fault_rates_are_respected_over_many_requests() {
+        let r = five_percent_each();
+        let d = draws(9, "SendMessageBatch", &r, 20_000);
+        for kind in [Fault::Throttle, Fault::Error500, Fault::LostResponse] {
+            let n = d.iter().filter(|f| **f == Some(kind)).count();
+            assert!((800..1200).contains(&n), "{kind:?}: {n} of 20000");
+        }
+    }
+
+    /// Zero rates never inject anything.
+    #[test]
+    fn zero_rates_inject_nothing() {
+        assert!(draws(3, "GetItem", &OpRules::default(), 5000)
+            .iter()
+            .all(Option::is_none));
+    }
+
+    /// An operation without its own rule takes the `*` rule.
+    #[test]
+    fn wildcard_rule_applies_to_other_operations() {
+        let any = OpRules {
+            latency_ms: 5,
+            ..OpRules::default()
+        };
+        let put = OpRules {
+            latency_ms: 9,
+            ..OpRules::default()
+        };
+        let rules = Rules::none()
+            .with("*", any.clone())
+            .with("PutItem", put.clone());
+        assert_eq!(rules.for_op("PutItem"), put);
+        assert_eq!(rules.for_op("GetItem"), any);
+    }
+
+    /// Rates outside 0..=1, or whole-request rates summing above 1, are refused.
+    #[test]
+    fn invalid_rates_are_rejected() {
+        let bad = Rules::none().with(
+            "PutItem",
+            OpRules {
+                throttle_rate: 1.5,
+                ..OpRules::default()
+            },
+        );
+        assert!(bad.validate().is_err());
+        let too_much = Rules::none().with(
+            "PutItem",
+            OpRules {
+                throttle_rate: 0.6,
+                error500_rate: 0.6,
+                ..OpRules::default()
+            },
+        );
+        assert!(too_much.validate().is_err());
+        assert!(Rules::none()
+            .with("*", five_percent_each())
+            .validate()
+            .is_ok());
+    }
+
+    /// Rules read from JSON with unknown fields are refused rather than ignored.
+    #[test]
+    fn rules_json_rejects_unknown_fields() {
+        let ok: Rules = serde_json::from_str(r#"{"PutItem":{"throttle_rate":0.1}}"#).unwrap();
+        assert_eq!(ok.for_op("PutItem").throttle_rate, 0.1);
+        assert!(serde_json::from_str::<Rules>(r#"{"PutItem":{"throtle_rate":0.1}}"#).is_err());
+    }
+}

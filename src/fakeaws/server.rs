@@ -1,0 +1,474 @@
+//! The HTTP side: one handler for every AWS request (faults, then the backend), the admin
+//! paths under `/_fake/`, and a listener whose connections a handler can drop unanswered.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::batch::{self, Accepted, Split};
+use super::memory::Memory;
+use super::moto::{Moto, TARGET};
+use super::rules::{choose_fault, request_rng, Fault, FaultStats, OpRules, Rules, SplitMix64};
+use super::wire::{parse_target, Answer, AwsError, Service};
+
+/// Requests larger than this are refused; SQS and DynamoDB requests stay far below it.
+const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug)]
+pub(crate) enum Upstream {
+    Moto(Moto),
+    Memory(Memory),
+}
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub upstream: Upstream,
+    pub rules: RwLock<Rules>,
+    /// Seeds every request's fault stream.
+    pub seed: u64,
+    /// Requests seen per operation: the n in each request's stream.
+    pub counters: Mutex<HashMap<String, u64>>,
+    pub stats: Mutex<FaultStats>,
+    pub accepted: Mutex<Vec<Accepted>>,
+    /// Flips to true at shutdown, ending injected delays early.
+    pub stopping: watch::Receiver<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub fn rules(&self) -> Rules {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_rules(&self, rules: Rules) -> Result<(), String> {
+        rules.validate()?;
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> FaultStats {
+        lock(&self.stats).clone()
+    }
+
+    pub fn accepted(&self) -> Vec<Accepted> {
+        lock(&self.accepted).clone()
+    }
+
+    fn count(&self, op: &str, f: impl FnOnce(&mut super::rules::OpStats)) {
+        f(lock(&self.stats).ops.entry(op.to_owned()).or_default());
+    }
+
+    /// Sleeps, or returns early at shutdown.
+    async fn pause(&self, ms: u64) {
+        if ms == 0 {
+            return;
+        }
+        let mut stop = self.stopping.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+}
+
+/// A connection's switch: once set, reads and writes fail and the connection closes unanswered.
+#[derive(Clone, Debug)]
+pub(crate) struct Conn {
+    killed: Arc<AtomicBool>,
+}
+
+/// A TCP stream that can be cut from the handler serving it.
+#[derive(Debug)]
+pub(crate) struct CuttableStream {
+    inner: TcpStream,
+    killed: Arc<AtomicBool>,
+}
+
+fn cut() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "response dropped by fake-aws",
+    )
+}
+
+impl AsyncRead for CuttableStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.killed.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(cut()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CuttableStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.killed.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(cut()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.killed.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(cut()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A TCP listener handing out cuttable streams, with Nagle off (small answers, low latency).
+#[derive(Debug)]
+pub(crate) struct CuttableListener(pub TcpListener);
+
+impl axum::serve::Listener for CuttableListener {
+    type Io = CuttableStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((s, addr)) => {
+                    // Nagle plus delayed ACKs would add tens of ms to small answers.
+                    let _ = s.set_nodelay(true);
+                    let io = CuttableStream {
+                        inner: s,
+                        killed: Arc::new(AtomicBool::new(false)),
+                    };
+                    return (io, addr);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "fake-aws accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+impl Connected<axum::serve::IncomingStream<'_, CuttableListener>> for Conn {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, CuttableListener>) -> Self {
+        Conn {
+            killed: stream.io().killed.clone(),
+        }
+    }
+}
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/_fake/rules", get(get_rules).post(post_rules))
+        .route("/_fake/stats", get(get_stats))
+        .route("/_fake/accepted", get(get_accepted))
+        .fallback(aws)
+        .with_state(shared)
+}
+
+async fn get_rules(State(st): State<Arc<Shared>>) -> Json<Rules> {
+    Json(st.rules())
+}
+
+async fn post_rules(State(st): State<Arc<Shared>>, body: Bytes) -> Response {
+    let parsed = serde_json::from_slice::<Rules>(&body).map_err(|e| e.to_string());
+    match parsed.and_then(|r| st.set_rules(r)) {
+        Ok(()) => Json(st.rules()).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("invalid rules: {e}\n")).into_response(),
+    }
+}
+
+async fn get_stats(State(st): State<Arc<Shared>>) -> Json<FaultStats> {
+    Json(st.stats())
+}
+
+#[derive(serde::Deserialize)]
+struct Page {
+    /// Skip the first `from` acceptances, to page through a long log.
+    from: Option<usize>,
+}
+
+async fn get_accepted(State(st): State<Arc<Shared>>, Query(q): Query<Page>) -> Json<Vec<Accepted>> {
+    let all = lock(&st.accepted);
+    let from = q.from.unwrap_or(0).min(all.len());
+    Json(all[from..].to_vec())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn respond(a: Answer) -> Response {
+    let mut b = Response::builder().status(a.status);
+    for (k, v) in &a.headers {
+        b = b.header(k, v);
+    }
+    b.body(Body::from(a.body)).unwrap_or_else(|_| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "fake-aws built an invalid response",
+        )
+            .into_response()
+    })
+}
+
+/// Every AWS request.
+async fn aws(
+    State(st): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request too large for fake-aws",
+            )
+                .into_response()
+        }
+    };
+    let target = parts.headers.get(TARGET).and_then(|v| v.to_str().ok());
+    let (service, op) = parse_target(target);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let outcome = handle(&st, service, &op, parts.method, &path, &parts.headers, body).await;
+    match outcome {
+        Outcome::Answer(a) => respond(a),
+        Outcome::Lost { delay_ms } => {
+            st.pause(delay_ms).await;
+            conn.killed.store(true, Ordering::SeqCst);
+            // Never written: the connection fails on its first write and closes.
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+enum Outcome {
+    Answer(Answer),
+    /// Carried out, answer withheld: close the connection after `delay_ms`.
+    Lost {
+        delay_ms: u64,
+    },
+}
+
+fn throttle(service: Service, rng: &mut SplitMix64) -> AwsError {
+    match service {
+        Service::DynamoDb if rng.next_u64() & 1 == 0 => AwsError::ddb_throughput(),
+        Service::DynamoDb => AwsError::ddb_throttling(),
+        _ => AwsError::sqs_throttled(),
+    }
+}
+
+fn server_error(service: Service) -> AwsError {
+    match service {
+        Service::DynamoDb => AwsError::ddb_internal(),
+        _ => AwsError::sqs_internal(),
+    }
+}
+
+fn split(op: &str, body: &Value, rules: &OpRules, rng: &mut SplitMix64) -> Option<Split> {
+    if rules.partial_failure_rate <= 0.0 {
+        return None;
+    }
+    match op {
+        "SendMessageBatch" => batch::split_sqs_batch(body, rules, rng),
+        "BatchWriteItem" => batch::split_batch_write(body, rules, rng),
+        "BatchGetItem" => batch::split_batch_get(body, rules, rng),
+        _ => None,
+    }
+}
+
+async fn handle(
+    st: &Shared,
+    service: Service,
+    op: &str,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Outcome {
+    let rules = st.rules().for_op(op);
+    let n = {
+        let mut c = lock(&st.counters);
+        let slot = c.entry(op.to_owned()).or_default();
+        *slot += 1;
+        *slot - 1
+    };
+    let mut rng = request_rng(st.seed, op, n);
+    let fault = choose_fault(&rules, &mut rng);
+    let jitter = rng.up_to(rules.latency_jitter_ms);
+    st.count(op, |s| s.requests += 1);
+    st.pause(rules.latency_ms + jitter).await;
+
+    match fault {
+        Some(Fault::Throttle) => {
+            st.count(op, |s| s.throttled += 1);
+            return Outcome::Answer(throttle(service, &mut rng).answer(service));
+        }
+        Some(Fault::Error500) => {
+            st.count(op, |s| s.error500 += 1);
+            return Outcome::Answer(server_error(service).answer(service));
+        }
+        _ => {}
+    }
+
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let held = parsed.as_ref().and_then(|b| split(op, b, &rules, &mut rng));
+    if let Some(h) = &held {
+        st.count(op, |s| {
+            s.failed_entries += h.held_count;
+            s.sender_fault_entries += h.sender_faults;
+        });
+    }
+    // The request the backend sees: rewritten when entries were held back.
+    let sent: Option<Value> = match &held {
+        Some(h) => h.forward.clone(),
+        None => parsed.clone(),
+    };
+
+    let mut answer = match (&held, &sent) {
+        (Some(h), None) => {
+            let req = parsed.clone().unwrap_or(Value::Null);
+            Answer::ok(&batch::all_held(op, &req, h.held.clone()))
+        }
+        _ => {
+            let out_body = match (&held, &sent) {
+                (Some(_), Some(v)) => Bytes::from(v.to_string()),
+                _ => body,
+            };
+            call_upstream(
+                st,
+                service,
+                op,
+                method,
+                path,
+                headers,
+                out_body,
+                sent.as_ref(),
+            )
+            .await
+        }
+    };
+
+    let lost = fault == Some(Fault::LostResponse);
+    if answer.is_success() {
+        answer = post_process(st, op, answer, sent.as_ref(), held, lost);
+    }
+    if lost {
+        st.count(op, |s| s.lost_responses += 1);
+        return Outcome::Lost {
+            delay_ms: rules.lost_response_delay_ms,
+        };
+    }
+    Outcome::Answer(answer)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn call_upstream(
+    st: &Shared,
+    service: Service,
+    op: &str,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    parsed: Option<&Value>,
+) -> Answer {
+    match &st.upstream {
+        Upstream::Moto(m) => m.forward(method, path, headers, body).await,
+        Upstream::Memory(mem) => {
+            let Some(req) = parsed else {
+                return AwsError {
+                    status: 400,
+                    shape: "SerializationException",
+                    query_code: None,
+                    sender: true,
+                    message: "The request body is not valid JSON.".to_owned(),
+                    extra: None,
+                }
+                .answer(service);
+            };
+            match mem.call(service, op, req).await {
+                Ok(v) => Answer::ok(&v),
+                Err(e) => e.answer(service),
+            }
+        }
+    }
+}
+
+/// Records acceptances, adds held-back entries, fixes moto's SenderFault strings.
+fn post_process(
+    st: &Shared,
+    op: &str,
+    mut answer: Answer,
+    sent: Option<&Value>,
+    held: Option<Split>,
+    lost: bool,
+) -> Answer {
+    let mut changed = false;
+    let mut json: Value = match serde_json::from_slice(&answer.body) {
+        Ok(v) => v,
+        Err(e) => {
+            if matches!(op, "SendMessage" | "SendMessageBatch") || held.is_some() {
+                tracing::warn!(op, error = %e, "fake-aws could not read the backend's answer");
+            }
+            return answer;
+        }
+    };
+    if let Some(req) = sent {
+        let acc = batch::accepted_from(op, req, &json, now_ms(), lost);
+        if !acc.is_empty() {
+            lock(&st.accepted).extend(acc);
+        }
+    }
+    if let Some(h) = held {
+        batch::merge_held(op, &mut json, h.held);
+        changed = true;
+    }
+    changed |= batch::fix_sender_fault(&mut json);
+    if changed {
+        answer.body = Bytes::from(json.to_string());
+    }
+    answer
+}
