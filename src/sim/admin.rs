@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{Faults, NewMessage, Scripted, Sim};
 
@@ -31,28 +32,31 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
         .route("/state", get(state))
 }
 
-fn bad(why: impl Into<String>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({ "error": why.into() })),
-    )
-        .into_response()
+/// A 400 with `{"error": "..."}`.
+struct Bad(String);
+
+impl IntoResponse for Bad {
+    fn into_response(self) -> Response {
+        (StatusCode::BAD_REQUEST, Json(json!({ "error": self.0 }))).into_response()
+    }
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))
+type Answer = Result<Json<Value>, Bad>;
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Bad> {
+    serde_json::from_slice(body).map_err(|e| Bad(format!("invalid JSON body: {e}")))
 }
 
-fn ids_json(ids: Vec<u64>) -> Response {
+fn ids_json(ids: Vec<u64>) -> Json<Value> {
     let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
-    Json(json!({ "ids": ids })).into_response()
+    Json(json!({ "ids": ids }))
 }
 
-fn group_name(g: Option<String>) -> Result<Option<String>, Response> {
+fn group_name(g: Option<String>) -> Result<Option<String>, Bad> {
     match g {
-        Some(g) if g.trim().is_empty() || g.contains(',') => {
-            Err(bad("group_name must be non-empty and without commas"))
-        }
+        Some(g) if g.trim().is_empty() || g.contains(',') => Err(Bad(
+            "group_name must be non-empty and without commas".to_owned(),
+        )),
         other => Ok(other),
     }
 }
@@ -65,13 +69,10 @@ struct PublishBody {
     messages: Vec<NewMessage>,
 }
 
-async fn publish(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
-    let run = || -> Result<Response, Response> {
-        let b: PublishBody = parse(&body)?;
-        let group = group_name(b.group_name)?;
-        Ok(ids_json(sim.publish(group.as_deref(), b.messages)))
-    };
-    run().unwrap_or_else(|e| e)
+async fn publish(State(sim): State<Arc<Sim>>, body: Bytes) -> Answer {
+    let b: PublishBody = parse(&body)?;
+    let group = group_name(b.group_name)?;
+    Ok(ids_json(sim.publish(group.as_deref(), b.messages)))
 }
 
 #[derive(Deserialize)]
@@ -82,26 +83,20 @@ struct GenerateBody {
     count: usize,
 }
 
-async fn generate(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
-    let run = || -> Result<Response, Response> {
-        let b: GenerateBody = parse(&body)?;
-        let group = group_name(b.group_name)?;
-        if b.count > MAX_GENERATE {
-            return Err(bad(format!("count must be at most {MAX_GENERATE}")));
-        }
-        Ok(ids_json(sim.generate(group.as_deref(), b.count)))
-    };
-    run().unwrap_or_else(|e| e)
+async fn generate(State(sim): State<Arc<Sim>>, body: Bytes) -> Answer {
+    let b: GenerateBody = parse(&body)?;
+    let group = group_name(b.group_name)?;
+    if b.count > MAX_GENERATE {
+        return Err(Bad(format!("count must be at most {MAX_GENERATE}")));
+    }
+    Ok(ids_json(sim.generate(group.as_deref(), b.count)))
 }
 
-async fn faults(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
-    let run = || -> Result<Response, Response> {
-        let f: Faults = parse(&body)?;
-        f.validate().map_err(bad)?;
-        sim.set_faults(f);
-        Ok(Json(json!({ "ok": true })).into_response())
-    };
-    run().unwrap_or_else(|e| e)
+async fn faults(State(sim): State<Arc<Sim>>, body: Bytes) -> Answer {
+    let f: Faults = parse(&body)?;
+    f.validate().map_err(Bad)?;
+    sim.set_faults(f);
+    Ok(Json(json!({ "ok": true })))
 }
 
 #[derive(Deserialize)]
@@ -111,20 +106,17 @@ struct ScriptBody {
     responses: Vec<Scripted>,
 }
 
-async fn script(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
-    let run = || -> Result<Response, Response> {
-        let b: ScriptBody = parse(&body)?;
-        if b.method.is_empty() {
-            return Err(bad("method must be non-empty"));
-        }
-        for s in &b.responses {
-            s.validate().map_err(bad)?;
-        }
-        let n = b.responses.len();
-        sim.script(&b.method, b.responses);
-        Ok(Json(json!({ "ok": true, "queued": n })).into_response())
-    };
-    run().unwrap_or_else(|e| e)
+async fn script(State(sim): State<Arc<Sim>>, body: Bytes) -> Answer {
+    let b: ScriptBody = parse(&body)?;
+    if b.method.is_empty() {
+        return Err(Bad("method must be non-empty".to_owned()));
+    }
+    for s in &b.responses {
+        s.validate().map_err(Bad)?;
+    }
+    let n = b.responses.len();
+    sim.script(&b.method, b.responses);
+    Ok(Json(json!({ "ok": true, "queued": n })))
 }
 
 #[derive(Deserialize)]
@@ -133,20 +125,17 @@ struct AdvanceBody {
     seconds: f64,
 }
 
-async fn advance(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
-    let run = || -> Result<Response, Response> {
-        let b: AdvanceBody = parse(&body)?;
-        let by = Duration::try_from_secs_f64(b.seconds)
-            .map_err(|_| bad("seconds must be a finite, non-negative number"))?;
-        let now_ms = sim.advance(by);
-        Ok(Json(json!({ "ok": true, "now_ms": now_ms })).into_response())
-    };
-    run().unwrap_or_else(|e| e)
+async fn advance(State(sim): State<Arc<Sim>>, body: Bytes) -> Answer {
+    let b: AdvanceBody = parse(&body)?;
+    let by = Duration::try_from_secs_f64(b.seconds)
+        .map_err(|_| Bad("seconds must be a finite, non-negative number".to_owned()))?;
+    let now_ms = sim.advance(by);
+    Ok(Json(json!({ "ok": true, "now_ms": now_ms })))
 }
 
-async fn reset(State(sim): State<Arc<Sim>>) -> Response {
+async fn reset(State(sim): State<Arc<Sim>>) -> Answer {
     sim.reset();
-    Json(json!({ "ok": true })).into_response()
+    Ok(Json(json!({ "ok": true })))
 }
 
 #[derive(Deserialize)]
@@ -155,14 +144,11 @@ struct GroupBody {
     name: String,
 }
 
-async fn groups(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
-    let run = || -> Result<Response, Response> {
-        let b: GroupBody = parse(&body)?;
-        let name = group_name(Some(b.name))?.unwrap_or_default();
-        let created = sim.create_group(&name);
-        Ok(Json(json!({ "ok": true, "created": created })).into_response())
-    };
-    run().unwrap_or_else(|e| e)
+async fn groups(State(sim): State<Arc<Sim>>, body: Bytes) -> Answer {
+    let b: GroupBody = parse(&body)?;
+    let name = group_name(Some(b.name))?.unwrap_or_default();
+    let created = sim.create_group(&name);
+    Ok(Json(json!({ "ok": true, "created": created })))
 }
 
 #[derive(Deserialize)]
@@ -174,10 +160,10 @@ struct StateQuery {
 
 async fn state(
     State(sim): State<Arc<Sim>>,
-    q: Result<Query<StateQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<StateQuery>, QueryRejection>,
 ) -> Response {
     match q {
         Ok(Query(q)) => Json(sim.state(q.messages.unwrap_or(true))).into_response(),
-        Err(e) => bad(format!("invalid query: {e}")),
+        Err(e) => Bad(format!("invalid query: {e}")).into_response(),
     }
 }
