@@ -47,9 +47,13 @@ const CONTENT: u64 = 2;
 /// One generated message, before it gets an id and a publish time.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Generated {
+    /// One of [`TOPICS`].
     pub topic: String,
+    /// The topic's JSON document, as a string.
     pub content: String,
+    /// The seller the event concerns.
     pub user_id: u64,
+    /// That seller's nick (several are Chinese).
     pub user_nick: String,
 }
 

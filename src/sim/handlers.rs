@@ -47,6 +47,7 @@ impl Reply {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Outcome {
+    /// The answer, or a dropped connection.
     pub reply: Reply,
     /// Injected latency, waited out before replying.
     pub delay: Duration,

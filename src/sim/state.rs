@@ -133,15 +133,22 @@ pub struct MessageState {
     pub dropped: bool,
 }
 
-/// A message as the gateway hands it out.
+/// A message as the gateway hands it out: the `tmc_message` fields, defaults filled in.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Delivered {
+    /// The handle the client confirms with.
     pub id: u64,
+    /// E.g. `taobao_trade_TradeChanged`.
     pub topic: String,
+    /// The payload, byte for byte as published.
     pub content: String,
+    /// The seller's id (a bare JSON number on the wire).
     pub user_id: u64,
+    /// The seller's nick.
     pub user_nick: String,
+    /// As published (GMT+8 wire time unless a test chose otherwise).
     pub pub_time: String,
+    /// The publishing app.
     pub pub_app_key: String,
 }
 
@@ -184,7 +191,9 @@ pub(crate) struct Group {
 /// What a confirm did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ConfirmOutcome {
+    /// Ids removed from the queue.
     pub confirmed: u64,
+    /// Ids that changed nothing (unknown, repeated, expired, other group).
     pub unknown: u64,
 }
 
