@@ -19,8 +19,8 @@ struct Args {
     /// The app key the gateway accepts.
     #[arg(long, default_value = "sim-app")]
     app_key: String,
-    /// The app secret signatures are checked with (prefer the environment variable, which
-    /// does not show in `ps`).
+    /// The app secret signatures are checked with; `sim-secret` when not given. Prefer the
+    /// environment variable, which does not show in `ps`.
     #[arg(
         long,
         env = "TMC_SIM_APP_SECRET",

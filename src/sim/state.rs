@@ -118,7 +118,7 @@ pub struct MessageState {
     /// When it was put on the queue (retention counts from here).
     pub published_ms: u64,
     /// How many times consume handed it out; above 1 means redelivered.
-    pub deliveries: u32,
+    pub deliveries: u64,
     /// The first hand-out, if any.
     pub first_delivered_ms: Option<u64>,
     /// The latest hand-out, if any.
@@ -168,7 +168,7 @@ struct Stored {
     seq: u64,
     published_ms: u64,
     status: Status,
-    deliveries: u32,
+    deliveries: u64,
     first_delivered_ms: Option<u64>,
     last_delivered_ms: Option<u64>,
 }
