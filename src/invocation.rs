@@ -14,6 +14,17 @@ pub const MAX_SAFETY_MARGIN: Duration = Duration::from_secs(5);
 /// The command line's budget when `--max-seconds` is not given.
 pub const DEFAULT_CLI_SECONDS: u64 = 300;
 
+/// The time left in an invocation. Lambda sends `Lambda-Runtime-Deadline-Ms` as epoch
+/// milliseconds; some local emulators send a relative budget instead (e.g. `600000`). A value
+/// that cannot be an epoch time of this century is read as a relative budget.
+pub fn budget_from_deadline(deadline_ms: u64, now_ms: u64) -> Duration {
+    const YEAR_2001_MS: u64 = 978_307_200_000;
+    if deadline_ms < YEAR_2001_MS {
+        return Duration::from_millis(deadline_ms);
+    }
+    Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+}
+
 /// What a manual invocation may override. Unknown fields are refused.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +147,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Epoch deadlines give the time left; an emulator's relative budget is taken as is.
+    #[test]
+    fn deadline_header_gives_the_budget() {
+        let now = 1_795_309_525_000;
+        assert_eq!(
+            budget_from_deadline(now + 60_000, now),
+            Duration::from_secs(60)
+        );
+        assert_eq!(budget_from_deadline(now - 5, now), Duration::ZERO);
+        assert_eq!(budget_from_deadline(600_000, now), Duration::from_secs(600));
+    }
+
     /// Scheduled events of every shape run with defaults.
     #[test]
     fn scheduled_events_mean_defaults() {
@@ -199,7 +222,7 @@ mod tests {
 
     /// The budget is the Lambda deadline less a margin, capped by max_seconds.
     #[test]
-    fn budget_from_deadline() {
+    fn budget_is_the_deadline_less_a_margin() {
         let now = Instant::now();
         let o = Overrides::default().pass_options(&cfg(), now, Some(now + Duration::from_secs(60)));
         assert_eq!(o.deadline, now + Duration::from_secs(55));

@@ -1,14 +1,14 @@
 //! The Lambda: build clients once per cold start, then serve invocations.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 use tokio::time::Instant;
 
 use tmc_relay::config::Config;
-use tmc_relay::invocation::Overrides;
+use tmc_relay::invocation::{budget_from_deadline, Overrides};
 use tmc_relay::telemetry;
 use tmc_relay::wiring::App;
 
@@ -37,8 +37,9 @@ async fn handle(app: &App, function_name: &str, event: LambdaEvent<Value>) -> Re
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let hard_deadline =
-        Instant::now() + Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+    let budget = budget_from_deadline(event.context.deadline, now_ms);
+    tracing::info!(request_id = %event.context.request_id, budget_ms = budget.as_millis() as u64, "invocation");
+    let hard_deadline = Instant::now() + budget;
     let report = app
         .run(&overrides, Some(hard_deadline), Default::default())
         .await;

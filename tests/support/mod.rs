@@ -1,0 +1,284 @@
+//! Shared end-to-end test support: moto (started by `make test`), the in-process simulator,
+//! fresh queues and tables per test, and reading queues back.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
+use aws_sdk_sqs::config::Credentials;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+
+use tmc_relay::config::Config;
+use tmc_relay::relay::RelaySettings;
+use tmc_relay::sim::{SimConfig, SimServer};
+use tmc_relay::wiring::App;
+
+/// The app secret every test uses; the secrecy tests look for it in all output.
+pub const SECRET: &str = "sim-secret-0xC0FFEE";
+pub const APP_KEY: &str = "12345678";
+
+/// moto's endpoint, exported by `make test`. Without it the test fails: it is never skipped.
+pub fn moto() -> String {
+    std::env::var("MOTO_ENDPOINT").unwrap_or_else(|_| {
+        panic!("MOTO_ENDPOINT is not set: run the end-to-end tests with `make test`, which starts moto")
+    })
+}
+
+/// AWS configuration pointing at `endpoint` with dummy credentials.
+pub async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .endpoint_url(endpoint)
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// A unique name per call, per process.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The AWS resources one test uses.
+pub struct Env {
+    pub sdk: aws_config::SdkConfig,
+    pub sqs: aws_sdk_sqs::Client,
+    pub ddb: aws_sdk_dynamodb::Client,
+    pub queue_url: String,
+    pub parking_url: String,
+    pub table: String,
+}
+
+impl Env {
+    /// Fresh queues and table on moto (a FIFO relay queue when `fifo`).
+    pub async fn new(fifo: bool) -> Env {
+        let sdk = sdk(&moto()).await;
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let name = unique("relay");
+        let queue_url = if fifo {
+            sqs.create_queue()
+                .queue_name(format!("{name}.fifo"))
+                .attributes(QueueAttributeName::FifoQueue, "true")
+                .send()
+                .await
+                .unwrap()
+        } else {
+            sqs.create_queue().queue_name(&name).send().await.unwrap()
+        }
+        .queue_url()
+        .unwrap()
+        .to_owned();
+        let parking_url = sqs
+            .create_queue()
+            .queue_name(unique("parking"))
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_owned();
+        let table = unique("dedup");
+        create_table(&ddb, &table).await;
+        Env {
+            sdk,
+            sqs,
+            ddb,
+            queue_url,
+            parking_url,
+            table,
+        }
+    }
+
+    /// The relay's environment variables for this test's resources and simulator.
+    pub fn vars(&self, gateway: &str) -> HashMap<String, String> {
+        HashMap::from([
+            ("TOP_APP_KEY".into(), APP_KEY.into()),
+            ("TOP_APP_SECRET".into(), SECRET.into()),
+            ("TOP_ENDPOINT".into(), gateway.into()),
+            ("RELAY_QUEUE_URL".into(), self.queue_url.clone()),
+            ("PARKING_QUEUE_URL".into(), self.parking_url.clone()),
+            ("DEDUP_TABLE_NAME".into(), self.table.clone()),
+            ("AWS_ENDPOINT_URL".into(), moto()),
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+        ])
+    }
+
+    pub fn config(&self, gateway: &str, extra: &[(&str, &str)]) -> Config {
+        let mut vars = self.vars(gateway);
+        for (k, v) in extra {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        Config::from_lookup(|k| vars.get(k).cloned()).unwrap()
+    }
+
+    /// A relay built exactly as the binaries build it, against `aws_endpoint`.
+    pub async fn app_via(
+        &self,
+        gateway: &str,
+        aws_endpoint: &str,
+        extra: &[(&str, &str)],
+        settings: RelaySettings,
+    ) -> App {
+        let sdk = sdk(aws_endpoint).await;
+        App::build_with(self.config(gateway, extra), &sdk, settings)
+            .await
+            .unwrap()
+    }
+
+    pub async fn app(&self, gateway: &str) -> App {
+        self.app_via(gateway, &moto(), &[], RelaySettings::default())
+            .await
+    }
+
+    /// Receives and deletes everything in a queue: (body, attributes by name).
+    pub async fn drain(&self, url: &str) -> Vec<Received> {
+        let mut out = Vec::new();
+        let mut empty = 0;
+        while empty < 2 {
+            let r = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .visibility_timeout(300)
+                .send()
+                .await
+                .unwrap();
+            let msgs = r.messages();
+            if msgs.is_empty() {
+                empty += 1;
+                continue;
+            }
+            let mut del = self.sqs.delete_message_batch().queue_url(url);
+            for (i, m) in msgs.iter().enumerate() {
+                out.push(Received {
+                    body: m.body().unwrap_or_default().to_owned(),
+                    attributes: m
+                        .message_attributes()
+                        .map(|a| {
+                            a.iter()
+                                .map(|(k, v)| {
+                                    (k.clone(), v.string_value().unwrap_or_default().to_owned())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    system: m
+                        .attributes()
+                        .map(|a| {
+                            a.iter()
+                                .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+                del = del.entries(
+                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(m.receipt_handle().unwrap_or_default())
+                        .build()
+                        .unwrap(),
+                );
+            }
+            del.send().await.unwrap();
+        }
+        out
+    }
+
+    /// The dedup record's status for an id.
+    pub async fn status(&self, id: &str) -> Option<String> {
+        let r = self
+            .ddb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(id.into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap();
+        r.item()
+            .and_then(|i| i.get("status"))
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+    }
+}
+
+/// A message read back from SQS.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub body: String,
+    pub attributes: HashMap<String, String>,
+    /// System attributes (MessageGroupId, MessageDeduplicationId...).
+    pub system: HashMap<String, String>,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+
+    pub fn id(&self) -> String {
+        self.json()["id"].as_str().unwrap().to_owned()
+    }
+}
+
+pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) {
+    ddb.create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// A simulator on a free loopback port with the test app's credentials.
+pub async fn sim(lease: Duration) -> SimServer {
+    let cfg = SimConfig {
+        app_key: APP_KEY.into(),
+        app_secret: SECRET.into(),
+        lease,
+        ..SimConfig::default()
+    };
+    SimServer::start("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap()
+}
