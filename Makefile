@@ -33,11 +33,13 @@ MAX_MESSAGES ?=
 MAX_SECONDS ?=
 CONCURRENCY ?=
 
-.PHONY: help demo test lint build sam-build deploy backfill logs
+.PHONY: help tools demo test lint build sam-build deploy backfill logs
 
 help: ## List the targets
 	@echo "tmc-relay targets:"
 	@sed -n 's/^\([a-z-]*\):.*## \(.*\)/  make \1\t\2/p' $(MAKEFILE_LIST) | expand -t 22
+
+tools: $(TOOLS) ## Install the pinned Python tools into .venv (the other targets do this when needed)
 
 demo: $(TOOLS) ## One relay pass locally: moto + TMC simulator (3,000 messages) → SQS; prints report and messages
 	cargo build --bins

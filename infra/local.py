@@ -13,6 +13,8 @@ Build:
   artifact   check that a Lambda zip holds one executable arm64 `bootstrap`; print its sizes
 
 Deployed stack (real AWS, your usual credentials):
+  put-secret create the app-secret secret, or store a new version (reads the value from stdin)
+  recycle    update the function's configuration so new invocations are cold starts
   output     print one output of the CloudFormation stack
   backfill   invoke the deployed function synchronously with a backfill payload; print the report
 """
@@ -83,7 +85,8 @@ def cmd_moto(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(0.2):
+        pass
     server.stop()
     return 0
 
@@ -193,9 +196,12 @@ def cmd_peek(args: argparse.Namespace) -> int:
 
 def cmd_sim_state(args: argparse.Namespace) -> int:
     base = args.url.split("/router/rest")[0].rstrip("/")
-    with urllib.request.urlopen(f"{base}/_sim/state", timeout=10) as r:
+    with urllib.request.urlopen(f"{base}/_sim/state", timeout=30) as r:
         state = json.load(r)
-    print(json.dumps(state, indent=2, sort_keys=True))
+    if not args.full:
+        # The per-message map runs to thousands of entries: summarise it.
+        state = {k: v for k, v in state.items() if not (isinstance(v, (dict, list)) and len(v) > 20)}
+    print(json.dumps(state, indent=2, sort_keys=True, ensure_ascii=False))
     return 0
 
 
@@ -248,6 +254,43 @@ def _default_region() -> str | None:
 
 def cmd_output(args: argparse.Namespace) -> int:
     print(stack_output(args.stack, args.key, args.region))
+    return 0
+
+
+def cmd_put_secret(args: argparse.Namespace) -> int:
+    """Store the app secret (read from the terminal or stdin, never argv) as a new version."""
+    import getpass
+
+    if sys.stdin.isatty():
+        value = getpass.getpass("TOP app secret (not echoed): ")
+    else:
+        value = sys.stdin.read().rstrip("\r\n")
+    if not value:
+        raise SystemExit("empty secret: nothing stored")
+    sm = _client("secretsmanager", None, args.region or _default_region())
+    try:
+        arn = sm.put_secret_value(SecretId=args.name, SecretString=value)["ARN"]
+        print(f"stored a new version of {args.name}", file=sys.stderr)
+    except sm.exceptions.ResourceNotFoundException:
+        arn = sm.create_secret(
+            Name=args.name, SecretString=value, Description="TOP app secret for tmc-relay"
+        )["ARN"]
+        print(f"created {args.name}", file=sys.stderr)
+    print(arn)
+    return 0
+
+
+def cmd_recycle(args: argparse.Namespace) -> int:
+    """Make the next invocations cold starts (which re-read the secret) by updating the
+    function's configuration; the Description is the one property nothing depends on."""
+    function = args.function or stack_output(args.stack, "FunctionName", args.region)
+    lam = _client("lambda", None, args.region or _default_region())
+    current = lam.get_function_configuration(FunctionName=function).get("Description", "")
+    base = current.split(" [recycled ")[0]
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    lam.update_function_configuration(FunctionName=function, Description=f"{base} [recycled {stamp}]")
+    lam.get_waiter("function_updated_v2").wait(FunctionName=function)
+    print(f"{function}: updated; the next invocations start fresh and read the secret again")
     return 0
 
 
@@ -339,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("sim-state", help="print the simulator's state")
     s.add_argument("--url", required=True, help="the gateway URL tmc-sim printed")
+    s.add_argument("--full", action="store_true", help="include the per-message map")
     s.set_defaults(func=cmd_sim_state)
 
     s = sub.add_parser("artifact", help="check and describe a Lambda zip built by make build")
@@ -350,6 +394,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--key", required=True)
     s.add_argument("--region")
     s.set_defaults(func=cmd_output)
+
+    s = sub.add_parser("put-secret", help="create the app secret, or store a new version of it")
+    s.add_argument("--name", required=True, help="secret name, e.g. tmc-relay/app-secret")
+    s.add_argument("--region")
+    s.set_defaults(func=cmd_put_secret)
+
+    s = sub.add_parser("recycle", help="force cold starts so the function re-reads its secret")
+    target = s.add_mutually_exclusive_group(required=True)
+    target.add_argument("--stack")
+    target.add_argument("--function")
+    s.add_argument("--region")
+    s.set_defaults(func=cmd_recycle)
 
     s = sub.add_parser("backfill", help="invoke the deployed function with a backfill payload")
     target = s.add_mutually_exclusive_group(required=True)

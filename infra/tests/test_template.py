@@ -405,3 +405,17 @@ def test_outputs(template):
     assert {"FunctionName", "RelayQueueUrl", "ParkingQueueUrl", "DedupTableName", "DashboardUrl"} <= set(
         template["Outputs"]
     )
+
+
+def test_deployer_policy_is_valid_and_names_its_actions():
+    """infra/deployer-policy.json parses and never grants a whole service (`*` actions)."""
+    doc = json.loads((ROOT / "infra" / "deployer-policy.json").read_text())
+    for st in doc["Statement"]:
+        assert "NotAction" not in st
+        for action in as_list(st["Action"]):
+            assert "*" not in action, f"wildcard action in the deployer policy: {st}"
+
+
+def test_sample_events_are_valid_json():
+    for f in sorted((ROOT / "infra" / "events").glob("*.json")):
+        assert isinstance(json.loads(f.read_text()), dict), f.name
