@@ -11,6 +11,24 @@
 //! - `server`: the HTTP handler, admin paths (`/_fake/rules`, `/_fake/stats`,
 //!   `/_fake/accepted`), and connections that can be dropped unanswered.
 //!
+//! # Rules
+//!
+//! By operation name as in `X-Amz-Target`, `"*"` for the others; every field optional:
+//!
+//! ```json
+//! {"SendMessageBatch": {"latency_ms": 10, "latency_jitter_ms": 2, "throttle_rate": 0.05,
+//!                       "error500_rate": 0.05, "lost_response_rate": 0.05,
+//!                       "lost_response_delay_ms": 0, "partial_failure_rate": 0.05,
+//!                       "sender_fault_share": 0.2},
+//!  "*": {"latency_ms": 8}}
+//! ```
+//!
+//! # Admin paths
+//!
+//! `GET`/`POST /_fake/rules` (replace the rules), `GET /_fake/stats` ([`FaultStats`]),
+//! `GET /_fake/accepted?from=N` (the acceptance log from entry N). AWS requests are all
+//! `POST /` with `X-Amz-Target`, so these cannot clash.
+//!
 //! # Why
 //!
 //! moto never returns `UnprocessedItems`, writes `SenderFault` as a string the Rust SDK cannot

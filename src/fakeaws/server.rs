@@ -354,46 +354,40 @@ async fn handle(
     }
 
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let held = parsed.as_ref().and_then(|b| split(op, b, &rules, &mut rng));
-    if let Some(h) = &held {
+    let split = parsed.as_ref().and_then(|b| split(op, b, &rules, &mut rng));
+    if let Some(h) = &split {
         st.count(op, |s| {
             s.failed_entries += h.held_count;
             s.sender_fault_entries += h.sender_faults;
         });
     }
-    // The request the backend sees: rewritten when entries were held back.
-    let sent: Option<Value> = match &held {
-        Some(h) => h.forward.clone(),
-        None => parsed.clone(),
+    // The request the backend sees (rewritten when entries were held back), and what to add
+    // to its answer.
+    let (rewritten, mut held) = match split {
+        Some(Split { forward, held, .. }) => (forward, Some(held)),
+        None => (None, None),
+    };
+    let sent: Option<&Value> = if held.is_some() {
+        rewritten.as_ref()
+    } else {
+        parsed.as_ref()
     };
 
-    let mut answer = match (&held, &sent) {
-        (Some(h), None) => {
-            let req = parsed.clone().unwrap_or(Value::Null);
-            Answer::ok(&batch::all_held(op, &req, h.held.clone()))
-        }
-        _ => {
-            let out_body = match (&held, &sent) {
-                (Some(_), Some(v)) => Bytes::from(v.to_string()),
-                _ => body,
-            };
-            call_upstream(
-                st,
-                service,
-                op,
-                method,
-                path,
-                headers,
-                out_body,
-                sent.as_ref(),
-            )
-            .await
-        }
+    let mut answer = if held.is_some() && sent.is_none() {
+        // Every entry held back: nothing to forward, and nothing left to merge afterwards.
+        let req = parsed.as_ref().unwrap_or(&Value::Null);
+        Answer::ok(&batch::all_held(op, req, held.take().unwrap_or_default()))
+    } else {
+        let out_body = match (&held, sent) {
+            (Some(_), Some(v)) => Bytes::from(v.to_string()),
+            _ => body,
+        };
+        call_upstream(st, service, op, method, path, headers, out_body, sent).await
     };
 
     let lost = fault == Some(Fault::LostResponse);
     if answer.is_success() {
-        answer = post_process(st, op, answer, sent.as_ref(), held, lost);
+        answer = post_process(st, op, answer, sent, held, lost);
     }
     if lost {
         st.count(op, |s| s.lost_responses += 1);
@@ -443,7 +437,7 @@ fn post_process(
     op: &str,
     mut answer: Answer,
     sent: Option<&Value>,
-    held: Option<Split>,
+    held: Option<Value>,
     lost: bool,
 ) -> Answer {
     let mut changed = false;
@@ -463,7 +457,7 @@ fn post_process(
         }
     }
     if let Some(h) = held {
-        batch::merge_held(op, &mut json, h.held);
+        batch::merge_held(op, &mut json, h);
         changed = true;
     }
     changed |= batch::fix_sender_fault(&mut json);
