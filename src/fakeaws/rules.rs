@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 /// The rule key that applies to every operation without a rule of its own.
 pub const ANY_OPERATION: &str = "*";
 
+/// The longest injected delay accepted: an hour is far beyond any client's timeout.
+pub const MAX_DELAY_MS: u64 = 3_600_000;
+
 /// What to do to one operation's requests. Rates are probabilities in `0.0..=1.0`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -51,6 +54,18 @@ impl OpRules {
                 return Err(format!("{op}.{name} must be within 0..=1, got {v}"));
             }
         }
+        let delays = [
+            ("latency_ms", self.latency_ms),
+            ("latency_jitter_ms", self.latency_jitter_ms),
+            ("lost_response_delay_ms", self.lost_response_delay_ms),
+        ];
+        for (name, v) in delays {
+            if v > MAX_DELAY_MS {
+                return Err(format!(
+                    "{op}.{name} must be at most {MAX_DELAY_MS} ms, got {v}"
+                ));
+            }
+        }
         let whole = self.throttle_rate + self.error500_rate + self.lost_response_rate;
         if whole > 1.0 + 1e-9 {
             return Err(format!(
@@ -88,7 +103,7 @@ impl Rules {
             .unwrap_or_default()
     }
 
-    /// Rejects rates outside `0..=1`.
+    /// Rejects rates outside `0..=1` and delays over [`MAX_DELAY_MS`].
     pub fn validate(&self) -> Result<(), String> {
         self.0.iter().try_for_each(|(op, r)| r.check(op))
     }
@@ -131,10 +146,9 @@ impl SplitMix64 {
 
     /// Uniform in `0..=max`.
     pub fn up_to(&mut self, max: u64) -> u64 {
-        if max == 0 {
-            0
-        } else {
-            self.next_u64() % (max + 1)
+        match max.checked_add(1) {
+            Some(span) => self.next_u64() % span,
+            None => self.next_u64(),
         }
     }
 }
@@ -312,9 +326,10 @@ mod tests {
         assert_eq!(rules.for_op("GetItem"), any);
     }
 
-    /// Rates outside 0..=1, or whole-request rates summing above 1, are refused.
+    /// Rates outside 0..=1, whole-request rates summing above 1, and delays over an hour are
+    /// refused.
     #[test]
-    fn invalid_rates_are_rejected() {
+    fn invalid_rules_are_rejected() {
         let bad = Rules::none().with(
             "PutItem",
             OpRules {
@@ -332,6 +347,14 @@ mod tests {
             },
         );
         assert!(too_much.validate().is_err());
+        let too_slow = Rules::none().with(
+            "PutItem",
+            OpRules {
+                latency_ms: u64::MAX,
+                ..OpRules::default()
+            },
+        );
+        assert!(too_slow.validate().is_err());
         assert!(Rules::none()
             .with("*", five_percent_each())
             .validate()

@@ -339,7 +339,7 @@ async fn handle(
     let fault = choose_fault(&rules, &mut rng);
     let jitter = rng.up_to(rules.latency_jitter_ms);
     st.count(op, |s| s.requests += 1);
-    st.pause(rules.latency_ms + jitter).await;
+    st.pause(rules.latency_ms.saturating_add(jitter)).await;
 
     match fault {
         Some(Fault::Throttle) => {

@@ -622,7 +622,7 @@ fn parse_decimal(s: &str) -> Option<Decimal> {
             exp: 0,
         });
     }
-    let exp = int.len() as i64 - lead as i64 + e;
+    let exp = (int.len() as i64 - lead as i64).checked_add(e)?;
     Some(Decimal {
         negative,
         digits,
@@ -1004,6 +1004,7 @@ mod tests {
         }
         assert_eq!(compare_numbers("abc", "1"), None);
         assert_eq!(compare_numbers("", "1"), None);
+        assert_eq!(compare_numbers("1e9223372036854775807", "1"), None);
     }
 
     /// A projection lists top-level names, resolving placeholders.

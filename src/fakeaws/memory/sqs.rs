@@ -680,6 +680,11 @@ fn receive_now(st: &mut SqsState, body: &Value) -> Result<Value, AwsError> {
         ));
     }
     let visibility = opt_u64(body, "VisibilityTimeout")?;
+    if visibility.is_some_and(|v| v > 43_200) {
+        return Err(AwsError::sqs_invalid_parameter(
+            "Value for parameter VisibilityTimeout is invalid. Reason: Must be between 0 and 43200.",
+        ));
+    }
     let want_attrs = body
         .get("MessageAttributeNames")
         .and_then(Value::as_array)
