@@ -27,6 +27,7 @@ pub const ENV_VARS: &[&str] = &[
     "DEDUP_TABLE_NAME",
     "DEDUP_RETENTION_DAYS",
     "FIFO_GROUP_BY",
+    "RELAY_PARALLELISM",
 ];
 
 pub const DEFAULT_ENDPOINT: &str = "https://eco.taobao.com/router/rest";
@@ -67,6 +68,9 @@ pub struct Config {
     /// Dedup record lifetime; longer than TMC's one-day redelivery window.
     pub retention: Duration,
     pub fifo_group_by: FifoGroupBy,
+    /// Concurrent DynamoDB claims and SQS requests per batch: high for AWS, low for a slow
+    /// local emulator.
+    pub parallelism: usize,
 }
 
 /// A configuration problem, naming the variable.
@@ -131,8 +135,11 @@ impl Config {
             None => FifoGroupBy::UserId,
             Some(v) => v.parse().map_err(|e: String| bad("FIFO_GROUP_BY", e))?,
         };
+        let parallelism =
+            parse_num("RELAY_PARALLELISM", opt("RELAY_PARALLELISM"), 32, 1, 256)? as usize;
         Ok(Config {
             top,
+            parallelism,
             groups,
             quantity,
             mode,
@@ -366,6 +373,7 @@ mod tests {
         assert_eq!((c.quantity, c.concurrency, c.mode), (200, 1, Mode::Drain));
         assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
         assert_eq!(c.fifo_group_by, FifoGroupBy::UserId);
+        assert_eq!(c.parallelism, 32);
     }
 
     /// Each bad value is refused with its variable named.
@@ -401,6 +409,7 @@ mod tests {
             "DEDUP_RETENTION_DAYS"
         );
         assert_eq!(err(&[("FIFO_GROUP_BY", "shop")]).var, "FIFO_GROUP_BY");
+        assert_eq!(err(&[("RELAY_PARALLELISM", "0")]).var, "RELAY_PARALLELISM");
         assert_eq!(
             err(&[("TMC_GROUP_NAMES", "a-very-long-group-name-over-32-chars")]).var,
             "TMC_GROUP_NAMES"

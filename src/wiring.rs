@@ -68,6 +68,7 @@ impl App {
         let ddb = aws_sdk_dynamodb::Client::new(sdk);
         settings.retention = config.retention;
         settings.fifo_group_by = config.fifo_group_by;
+        settings.parallelism = config.parallelism;
         let relay = Relay {
             tmc,
             queue: SqsQueue::new(sqs.clone(), &config.relay_queue_url),
