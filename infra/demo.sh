@@ -32,6 +32,8 @@ started=$(date +%s)
     # Exported, not passed on a command line, so the secret never shows in `ps`.
     export TOP_APP_KEY="$DEMO_APP_KEY" TOP_APP_SECRET="$TMC_SIM_APP_SECRET" TOP_ENDPOINT="$SIM_URL"
     export AWS_ENDPOINT_URL="$MOTO_ENDPOINT" RUST_LOG="${RUST_LOG:-info}"
+    # moto serves one request at a time and slows with queue depth; AWS takes the default 32.
+    export RELAY_PARALLELISM="${RELAY_PARALLELISM:-4}"
     exec "$TARGET_DIR/debug/tmc-relay" run --max-seconds "$MAX_SECONDS"
 ) >"$RUN_DIR/report.json"
 log "report ($(($(date +%s) - started)) s)"
