@@ -119,6 +119,9 @@ impl TopClient {
             .connect_timeout(cfg.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(50))
             .user_agent(concat!("tmc-relay/", env!("CARGO_PKG_VERSION")))
+            // The gateway never redirects; following one would re-send the request elsewhere,
+            // possibly over plain http, bypassing the endpoint checks of the configuration.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             http,
@@ -182,10 +185,12 @@ impl TopClient {
         }
         let timeout = remaining.min(self.cfg.request_timeout);
         let (url, body) = self.build(method, business, session, (self.clock)());
+        // reqwest's message embeds the URL, whose query holds the signature and, for seller
+        // calls, the session key: keep it out of errors and logs.
         let transport = |e: reqwest::Error| TopError::Transport {
             method,
             timeout: e.is_timeout(),
-            detail: error_chain(&e),
+            detail: error_chain(&e.without_url()),
         };
         let work = async {
             let mut resp = self

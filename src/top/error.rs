@@ -94,6 +94,10 @@ impl TopError {
             TopError::Http { status, .. } => match status {
                 429 => ErrorClass::RateLimited { ban: DEFAULT_BAN },
                 500..=599 | 408 => ErrorClass::Transient,
+                300..=399 => ErrorClass::Fatal {
+                    check:
+                        "TOP_ENDPOINT (the gateway answered with a redirect, which is not followed)",
+                },
                 401 | 403 => ErrorClass::Fatal {
                     check: "TOP_ENDPOINT (the gateway refused access at the HTTP level)",
                 },
