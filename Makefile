@@ -42,7 +42,6 @@ help: ## List the targets
 tools: $(TOOLS) ## Install the pinned Python tools into .venv (the other targets do this when needed)
 
 demo: $(TOOLS) ## One relay pass locally: moto + TMC simulator (3,000 messages) → SQS; prints report and messages
-	cargo build --bins
 	infra/demo.sh
 
 test: $(TOOLS) ## All tests: cfn-lint + template tests, then cargo nextest against a local moto
@@ -59,6 +58,12 @@ build: $(TOOLS) ## Release Lambda artifact for arm64: target/lambda/bootstrap/bo
 	$(TOOLS_ENV) cargo lambda build --release --arm64 --bin bootstrap --output-format zip \
 		--lambda-dir $(TARGET_DIR)/lambda
 	@$(VENV)/bin/python infra/local.py artifact $(TARGET_DIR)/lambda/bootstrap/bootstrap.zip
+
+.PHONY: bench
+bench: ## Throughput vs the TMC limit, cold start, sizes, memory, CPU/msg, AWS usage, cost (QUICK=1: <1 min)
+	cargo build --release --bins
+	$(TARGET_DIR)/release/tmc-bench $(if $(QUICK),--quick) --bin-dir $(TARGET_DIR)/release \
+		--arm64-bin $(TARGET_DIR)/lambda/bootstrap/bootstrap
 
 sam-build: $(DEPLOY_TOOLS) ## sam build --beta-features (offline; output in .aws-sam/)
 	$(TOOLS_ENV) $(VENV)/bin/sam build --beta-features

@@ -1,6 +1,9 @@
 # Shared by infra/test.sh and infra/demo.sh (sourced, not run): start local services on
 # 127.0.0.1 and stop exactly those again, whatever happens.
 #
+# The scripts that source this keep their steps in a function called at the end, so bash has
+# read all of it before starting: editing a script while it runs cannot derail it.
+#
 # Each run gets its own directory under .run/ (ports, pids, logs), so two runs in one checkout
 # do not collide. It is removed when the run succeeds and kept, with its logs, when it fails.
 
@@ -8,6 +11,7 @@ VENV_PY=${VENV_PY:-.venv/bin/python}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 _started_pids=()
+_watchdog_pids=()
 
 # new_run_dir NAME: creates .run/NAME.XXXXXX and sets RUN_DIR.
 new_run_dir() {
@@ -23,6 +27,17 @@ use_dummy_aws() {
     export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
     export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
     export AWS_EC2_METADATA_DISABLED=true
+}
+
+# watch PID: stops PID even if this script dies without running its traps (e.g. SIGKILL).
+watch() {
+    local pid=$1 parent=$$
+    (
+        trap - EXIT INT TERM
+        while kill -0 "$parent" 2>/dev/null && kill -0 "$pid" 2>/dev/null; do sleep 1; done
+        kill -TERM "$pid" 2>/dev/null
+    ) </dev/null >/dev/null 2>&1 &
+    _watchdog_pids+=("$!")
 }
 
 # wait_for_file FILE PID WHAT: waits until FILE has a complete first line, while PID lives.
@@ -49,6 +64,7 @@ start_moto() {
         >"$RUN_DIR/moto.log" 2>&1 &
     local pid=$!
     _started_pids+=("$pid")
+    watch "$pid"
     echo "$pid" >"$RUN_DIR/moto.pid"
     wait_for_file "$RUN_DIR/moto.port" "$pid" moto || return 1
     MOTO_ENDPOINT="http://127.0.0.1:$(head -n1 "$RUN_DIR/moto.port")"
@@ -65,6 +81,7 @@ start_sim() {
         >"$RUN_DIR/tmc-sim.out" 2>"$RUN_DIR/tmc-sim.log" &
     local pid=$!
     _started_pids+=("$pid")
+    watch "$pid"
     echo "$pid" >"$RUN_DIR/tmc-sim.pid"
     wait_for_file "$RUN_DIR/tmc-sim.out" "$pid" tmc-sim || return 1
     SIM_URL=$(head -n1 "$RUN_DIR/tmc-sim.out")
@@ -74,6 +91,11 @@ start_sim() {
 # stop_started: SIGTERM to everything this script started, SIGKILL to what is left after 5 s.
 stop_started() {
     local pid i
+    for pid in "${_watchdog_pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    _watchdog_pids=()
     [ "${#_started_pids[@]}" -gt 0 ] || return 0
     for pid in "${_started_pids[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
@@ -91,6 +113,7 @@ stop_started() {
         wait "$pid" 2>/dev/null || true
     done
     _started_pids=()
+_watchdog_pids=()
 }
 
 # finish STATUS: stops services; removes RUN_DIR on success, keeps it (and says so) on failure.
