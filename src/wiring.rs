@@ -64,7 +64,12 @@ impl App {
         mut settings: RelaySettings,
     ) -> Result<App, WiringError> {
         let tmc = top_client(&config.top, sdk).await?;
-        let sqs = aws_sdk_sqs::Client::new(sdk);
+        // No SDK-level retries for SQS: a send that timed out may have been stored, and the
+        // pass retries with its own budget-aware backoff, so retrying here too multiplies copies.
+        let sqs_conf = aws_sdk_sqs::config::Builder::from(sdk)
+            .retry_config(RetryConfig::standard().with_max_attempts(1))
+            .build();
+        let sqs = aws_sdk_sqs::Client::from_conf(sqs_conf);
         let ddb = aws_sdk_dynamodb::Client::new(sdk);
         settings.retention = config.retention;
         settings.fifo_group_by = config.fifo_group_by;

@@ -75,17 +75,19 @@ where
                 ),
             )
         }
-        SdkError::TimeoutError(_) => PortError::new(operation, Severity::Retryable, "timed out"),
-        SdkError::DispatchFailure(d) => PortError::new(
-            operation,
-            Severity::Retryable,
-            format!("dispatch failure: {:?}", d.as_connector_error()),
-        ),
-        SdkError::ResponseError(_) => PortError::new(
-            operation,
-            Severity::Retryable,
-            "the response could not be read",
-        ),
+        SdkError::TimeoutError(_) => PortError::ambiguous(operation, "timed out"),
+        SdkError::DispatchFailure(d) => {
+            let detail = format!("dispatch failure: {:?}", d.as_connector_error());
+            // A refused connection sent nothing; anything else may have reached the service.
+            if detail.contains("Connection refused") {
+                PortError::new(operation, Severity::Retryable, detail)
+            } else {
+                PortError::ambiguous(operation, detail)
+            }
+        }
+        SdkError::ResponseError(_) => {
+            PortError::ambiguous(operation, "the response could not be read")
+        }
         SdkError::ConstructionFailure(_) => PortError::new(
             operation,
             Severity::Permanent,

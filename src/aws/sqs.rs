@@ -77,9 +77,8 @@ impl Queue for SqsQueue {
             .send();
         let out = match tokio::time::timeout_at(deadline, call).await {
             Err(_) => {
-                return Err(PortError::new(
+                return Err(PortError::ambiguous(
                     "SendMessageBatch",
-                    Severity::Retryable,
                     "no answer before the pass deadline",
                 ))
             }

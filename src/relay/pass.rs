@@ -606,6 +606,17 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                     self.release(&id, &shared.owner).await;
                     counts.deferred += 1;
                 }
+                Sent::Unknown(reason) => {
+                    // SQS may hold it: keep the claim, so a redelivery within its lease is not
+                    // enqueued again; after the lease a redelivery takes the claim over.
+                    tracing::warn!(
+                        group,
+                        id,
+                        reason,
+                        "enqueue outcome unknown: keeping the claim until its lease ends"
+                    );
+                    counts.deferred += 1;
+                }
             }
         }
 
@@ -652,6 +663,15 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                         "parking failed: leaving the message for redelivery"
                     );
                     self.release(&id, &shared.owner).await;
+                    counts.deferred += 1;
+                }
+                Sent::Unknown(reason) => {
+                    tracing::error!(
+                        group,
+                        id,
+                        reason,
+                        "parking outcome unknown: keeping the claim until its lease ends"
+                    );
                     counts.deferred += 1;
                 }
             }
@@ -735,6 +755,8 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         let mut results: Vec<(String, Sent)> = Vec::with_capacity(entries.len());
         let mut pending = entries;
         let mut solo: HashSet<String> = HashSet::new();
+        // Entries some attempt of which got no answer: SQS may hold them already.
+        let mut unknown: HashSet<String> = HashSet::new();
         let mut attempt = 0u32;
         while !pending.is_empty() {
             attempt += 1;
@@ -786,6 +808,9 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                     }
                     Err(err) => match err.severity {
                         Severity::Retryable => {
+                            if err.maybe_applied {
+                                unknown.extend(batch.iter().map(|e| e.id.clone()));
+                            }
                             retry.extend(batch.into_iter().map(|e| (e, err.to_string())))
                         }
                         Severity::Permanent if batch.len() > 1 => {
@@ -819,7 +844,14 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             if attempt >= self.settings.max_send_attempts
                 || Instant::now() + pause + Duration::from_millis(100) >= deadline
             {
-                results.extend(retry.into_iter().map(|(e, why)| (e.id, Sent::Failed(why))));
+                results.extend(retry.into_iter().map(|(e, why)| {
+                    let sent = if unknown.contains(&e.id) {
+                        Sent::Unknown(why)
+                    } else {
+                        Sent::Failed(why)
+                    };
+                    (e.id, sent)
+                }));
                 break;
             }
             tokio::time::sleep(pause).await;
@@ -859,6 +891,8 @@ enum Sent {
     Rejected(String),
     /// Retryable failure that outlived its attempts or the budget.
     Failed(String),
+    /// Like `Failed`, but some attempt got no answer: the queue may hold the message.
+    Unknown(String),
 }
 
 fn backoff(attempt: u32) -> Duration {

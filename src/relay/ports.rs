@@ -65,6 +65,9 @@ pub struct PortError {
     pub severity: Severity,
     /// The service's error code and message, or the transport failure.
     pub detail: String,
+    /// The request may have been carried out although no answer came (timeout, connection
+    /// lost after sending): SQS may hold the message.
+    pub maybe_applied: bool,
 }
 
 impl PortError {
@@ -73,6 +76,17 @@ impl PortError {
             operation,
             severity,
             detail: detail.into(),
+            maybe_applied: false,
+        }
+    }
+
+    /// A failure whose outcome is unknown: retryable, and possibly carried out.
+    pub fn ambiguous(operation: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            operation,
+            severity: Severity::Retryable,
+            detail: detail.into(),
+            maybe_applied: true,
         }
     }
 }

@@ -206,6 +206,47 @@ async fn retryable_failures_defer_without_blocking_others() {
     );
 }
 
+/// A send whose outcome is unknown (timeout) keeps its claim: a redelivery inside the lease is
+/// not enqueued again, and nothing is confirmed.
+#[tokio::test]
+async fn unknown_outcome_keeps_the_claim() {
+    let (r, log) = relay();
+    for _ in 0..3 {
+        r.queue
+            .request_failures
+            .lock()
+            .unwrap()
+            .push_back(PortError::ambiguous("SendMessageBatch", "timed out"));
+    }
+    r.tmc.push(Ok(vec![msg(1)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.counts.deferred, 1);
+    assert!(confirmed(&log).is_empty());
+    assert_eq!(
+        r.store.status("1"),
+        Some("claimed"),
+        "claim kept, not released"
+    );
+    assert_eq!(*r.store.releases.lock().unwrap(), 0);
+}
+
+/// A definite retryable failure (throttling answered by SQS) releases the claim at the end.
+#[tokio::test]
+async fn definite_failure_releases_the_claim() {
+    let (r, _) = relay();
+    for _ in 0..3 {
+        r.queue
+            .request_failures
+            .lock()
+            .unwrap()
+            .push_back(throttled("SendMessageBatch"));
+    }
+    r.tmc.push(Ok(vec![msg(1)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.counts.deferred, 1);
+    assert_eq!(r.store.status("1"), None);
+}
+
 /// A transient failure that clears within the attempts is retried to success.
 #[tokio::test]
 async fn retryable_failure_then_success() {
