@@ -47,6 +47,18 @@ demo: $(TOOLS) ## One relay pass locally: moto + TMC simulator (3,000 messages) 
 test: $(TOOLS) ## All tests: cfn-lint + template tests, then cargo nextest against a local moto
 	infra/test.sh
 
+# make chaos: the size of the run and its seed (a seed fixes the messages, fault draws and crash points).
+SEED ?= 1
+MESSAGES ?= 100000
+CRASHES ?= 20
+FAULT_RATE ?= 0.05
+
+.PHONY: chaos
+chaos: ## Chaos harness (in-memory AWS): MESSAGES= through FAULT_RATE= faults and CRASHES= SIGKILLs, SEED=; prints the figures
+	cargo build --bin tmc-chaos --bin tmc-relay
+	$(TARGET_DIR)/debug/tmc-chaos --messages $(MESSAGES) --crashes $(CRASHES) \
+		--fault-rate $(FAULT_RATE) --seed $(SEED) --processes 4
+
 lint: $(TOOLS) ## cargo fmt --check, cargo clippy -D warnings, cfn-lint
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings

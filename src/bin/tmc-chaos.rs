@@ -1,0 +1,1859 @@
+//! `tmc-chaos`: the harness that proves the relay loses nothing under faults, crashes and
+//! concurrency (issue 5).
+//!
+//! In this process it starts the TMC simulator (short lease, so redelivery happens during the
+//! run) and fake-aws (in memory, or in front of moto), creates the relay queue, parking queue and
+//! dedup table, and publishes N messages. It then drains them with the real `tmc-relay run` as
+//! child processes, through seeded faults on every TMC and AWS call, SIGKILLing them at random
+//! moments until C crashes happened; turns the faults off and drains cleanly; and checks:
+//!
+//! - no loss: every published id is in the relay queue or the parking queue (with its reason);
+//! - no early confirm: no id was confirmed (simulator) before SQS first accepted it (fake-aws's
+//!   acceptance log);
+//! - duplicates: within a bound computed from the events that can cause them (see [`Bound`]);
+//! - concurrency: four passes at once on one group, with a TMC lease shorter than a batch takes,
+//!   enqueue no id twice.
+//!
+//! Exit status: 0 when every check passed, 1 when one failed, 2 when the harness could not run.
+//! The app secret goes to the children through the environment only and is never printed; the
+//! children's output is searched for it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    TimeToLiveSpecification,
+};
+use aws_sdk_sqs::config::Credentials;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use clap::Parser;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use tmc_relay::fakeaws::rules::SplitMix64;
+use tmc_relay::fakeaws::{Accepted, FakeAws, FakeAwsConfig, OpRules, OpStats, Rules};
+use tmc_relay::relay::RelaySettings;
+use tmc_relay::sim::{Faults, MethodFaults, SimConfig, SimServer, SimState};
+use tmc_relay::top::{Secret, TopClient, TopConfig};
+
+/// The app key the simulator knows and the children use.
+const APP_KEY: &str = "12345678";
+/// Passes running at once in the concurrency phase.
+const CONCURRENT_PASSES: usize = 4;
+/// The concurrency phase's TMC lease: shorter than one batch takes there.
+const CONCURRENCY_LEASE: Duration = Duration::from_secs(1);
+/// Added to every `SendMessageBatch` in the concurrency phase, so a batch outlives its lease.
+const CONCURRENCY_SQS_LATENCY_MS: u64 = 1500;
+/// Each pass's budget in the concurrency phase (long: a pass only ends at an empty poll).
+const CONCURRENCY_PASS_SECONDS: u64 = 30;
+/// How often the supervisor looks at the simulator and the children.
+const TICK: Duration = Duration::from_millis(50);
+/// Reasons of an abandoned send whose outcome is unknown: the request may have been carried
+/// out with its answer unseen. Lost responses are counted by fake-aws itself; refusals
+/// (throttling, 500s, failed entries) never reached the backend. (A relay that says so itself,
+/// "enqueue outcome unknown", is counted whatever the reason.)
+const UNKNOWN_OUTCOME: [&str; 3] = [
+    "timed out",
+    "no answer before the pass deadline",
+    "the response could not be read",
+];
+/// What the README and the output say about moto at size.
+const MOTO_NOTE: &str = "moto's SQS slows down linearly with queue depth (about 30 ms per \
+SendMessageBatch on an empty queue, 620 ms at 2,000 deep), so large runs are only practical \
+with --backend memory, fake-aws's in-memory SQS/DynamoDB stand-in";
+
+/// Where fake-aws carries out requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum BackendKind {
+    /// fake-aws's in-memory SQS and DynamoDB (fast; the only practical way at 100,000).
+    Memory,
+    /// A running moto server (MOTO_ENDPOINT), behind fake-aws.
+    Moto,
+}
+
+/// Publishes N messages, drains them through faults and SIGKILLs with real `tmc-relay run`
+/// processes, drains cleanly, and checks that nothing was lost or confirmed early and that
+/// duplicates stay within their bound.
+#[derive(Parser, Debug)]
+#[command(name = "tmc-chaos", version)]
+struct Args {
+    /// Messages to publish and relay.
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
+    /// SIGKILLs of the running relay process, at random moments spread over the run.
+    #[arg(long, default_value_t = 3)]
+    crashes: u32,
+    /// Probability that a TMC or AWS call is faulted (split evenly across the fault kinds that
+    /// apply to it); each entry of a batch call also fails on its own with this probability.
+    #[arg(long, default_value_t = 0.05)]
+    fault_rate: f64,
+    /// Seeds message ids and contents, both fault streams and the crash schedule.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where SQS and DynamoDB requests are carried out.
+    #[arg(long, value_enum, default_value_t = BackendKind::Memory)]
+    backend: BackendKind,
+    /// moto's URL, for --backend moto.
+    #[arg(long, env = "MOTO_ENDPOINT")]
+    moto_endpoint: Option<url::Url>,
+    /// How long TMC hides a consumed, unconfirmed message: short, so redelivery happens
+    /// during the run.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=300))]
+    lease_secs: u64,
+    /// Messages per consume (the relay's --quantity).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(10..=200))]
+    quantity: u32,
+    /// Consume loops per relay process (the relay's --concurrency).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    loops: u32,
+    /// Relay processes running at once on the group (a SIGKILL hits one of them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    processes: u64,
+    /// Each relay process's time budget (the relay's --max-seconds).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pass_seconds: u64,
+    /// Messages for the concurrency phase; 0 skips it.
+    #[arg(long, default_value_t = 2000)]
+    concurrency_messages: usize,
+    /// Among injected SendMessageBatch entry failures, the share with SenderFault=true (the
+    /// relay parks those). 0 keeps to retryable partial failures.
+    #[arg(long, default_value_t = 0.0)]
+    sender_fault_share: f64,
+    /// The relay binary; by default `tmc-relay` next to this one.
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// Give up, and fail, after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    timeout_secs: u64,
+    /// Print the figures as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Also write every relay process's log (secret removed) to DIR/pass-N.log, for diagnosis.
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
+    /// Self-test of the checks: confirm K ids behind the relay's back and enqueue K extra
+    /// copies of others, which must show as lost, early confirms and duplicates.
+    #[arg(long, default_value_t = 0, hide = true)]
+    sabotage: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact()
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tmc-chaos: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok((outcome, json)) => {
+            if json {
+                match serde_json::to_string_pretty(&outcome) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("tmc-chaos: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                print!("{}", outcome.text());
+            }
+            if outcome.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("tmc-chaos: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The figures.
+
+/// Everything the run found; printed as text or JSON.
+#[derive(Debug, Serialize)]
+struct Outcome {
+    /// Every check passed.
+    passed: bool,
+    settings: Settings,
+    /// Published, and confirmed at the end.
+    messages: u64,
+    confirmed: u64,
+    /// SIGKILLs delivered.
+    crashes: u32,
+    /// Relay processes started, ended on their own, and ended with a fatal error.
+    passes: u64,
+    passes_completed: u64,
+    passes_fatal: u64,
+    /// The mean of the passes' own consume-to-confirm batch latency.
+    batch_latency_ms: Option<u64>,
+    /// The first fatal error a pass reported (secret-free: the relay never prints it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_fatal_error: Option<String>,
+    faults: FaultFigures,
+    /// Published ids in neither queue.
+    lost: u64,
+    lost_sample: Vec<String>,
+    /// Published ids the simulator still holds unconfirmed.
+    unconfirmed: u64,
+    /// Ids confirmed before SQS first accepted them (or never accepted).
+    early_confirms: u64,
+    early_confirm_sample: Vec<String>,
+    duplicates: Duplicates,
+    parked: Parked,
+    /// Messages left for redelivery, summed over the passes that ended on their own.
+    deferred: u64,
+    /// The relay's own counts, summed over the passes that ended on their own.
+    relay_counts: BTreeMap<String, u64>,
+    /// Lines of child output that contained the app secret.
+    secret_leaks: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrency: Option<Concurrency>,
+    checks: Vec<Check>,
+    time: Times,
+    note: String,
+}
+
+/// What was asked for.
+#[derive(Debug, Serialize)]
+struct Settings {
+    seed: u64,
+    backend: BackendKind,
+    messages: usize,
+    crashes_requested: u32,
+    fault_rate: f64,
+    lease_secs: u64,
+    quantity: u32,
+    processes: u64,
+    loops: u32,
+    pass_seconds: u64,
+    pipeline_depth: usize,
+    sender_fault_share: f64,
+    sabotage: usize,
+}
+
+/// Faults injected, by kind, from both sides' own counters.
+#[derive(Debug, Serialize)]
+struct FaultFigures {
+    /// The simulator's `faults_injected` (error, ban, banned, http502, malformed, reset,
+    /// confirm_false).
+    tmc: BTreeMap<String, u64>,
+    /// Verified consume and confirm calls the faults were drawn over.
+    tmc_consume_calls: u64,
+    tmc_confirm_calls: u64,
+    /// fake-aws's counts per operation (operations without faults left out).
+    aws: BTreeMap<String, OpStats>,
+    aws_total: OpStats,
+}
+
+/// Relay-queue duplicates and their bound.
+#[derive(Debug, Serialize)]
+struct Duplicates {
+    /// Extra copies in the relay queue (an id there three times counts 2).
+    count: u64,
+    /// Ids there more than once.
+    ids: u64,
+    /// Extra copies of ids one of whose acceptances lost its answer; the rest come from crashes,
+    /// failed completion writes or sends of unknown outcome.
+    after_lost_response: u64,
+    /// Relay-queue copies without a logged acceptance (moto only; see the acceptance check).
+    unlogged_copies: u64,
+    sample: Vec<String>,
+    bound: Bound,
+}
+
+/// The most extra copies the events of the run can explain. A copy beyond the first needs an
+/// acceptance the relay did not record in the dedup table before the message came back:
+/// - a SIGKILL strands at most the batches in flight: loops × pipeline depth × quantity;
+/// - a lost SendMessageBatch response hides an acceptance: one extra copy per entry of it
+///   (at most 10 per response), counted from fake-aws's acceptance log;
+/// - a failed completion write leaves ids claimed, so they are taken over when the claim's
+///   lease ends: the ids the relay reported, plus a whole batch (quantity) per failed call;
+/// - a send abandoned with an unknown outcome (timeout, pass deadline): one copy per entry.
+#[derive(Debug, Default, Serialize)]
+struct Bound {
+    total: u64,
+    crashes: u64,
+    per_crash: u64,
+    lost_response_entries: u64,
+    lost_sqs_responses: u64,
+    completion_failed_ids: u64,
+    completion_failed_calls: u64,
+    unknown_outcome_sends: u64,
+}
+
+/// The parking queue.
+#[derive(Debug, Default, Serialize)]
+struct Parked {
+    /// Distinct ids parked.
+    count: u64,
+    by_reason: BTreeMap<String, u64>,
+    /// Parked ids that are also in the relay queue (a lost answer, then a refusal).
+    also_enqueued: u64,
+    /// Extra copies in the parking queue.
+    duplicates: u64,
+}
+
+/// The concurrency phase.
+#[derive(Debug, Serialize)]
+struct Concurrency {
+    messages: u64,
+    passes_at_once: usize,
+    passes: u64,
+    lease_ms: u64,
+    sqs_latency_ms: u64,
+    /// Mean time from consume to confirm reported by the passes: longer than the lease.
+    batch_latency_ms: Option<u64>,
+    /// Deliveries beyond the first: redeliveries while another pass held the message.
+    redeliveries: u64,
+    held_elsewhere: u64,
+    enqueued_twice: u64,
+    enqueued_twice_sample: Vec<String>,
+    lost: u64,
+    unconfirmed: u64,
+    seconds: f64,
+}
+
+/// One named check.
+#[derive(Debug, Serialize)]
+struct Check {
+    name: &'static str,
+    passed: bool,
+    detail: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Times {
+    total_s: f64,
+    faults_and_crashes_s: f64,
+    clean_drain_s: f64,
+    checks_s: f64,
+    concurrency_s: f64,
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).round() / 10.0
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// AWS resources, created through fake-aws (so both backends take one path).
+
+/// SDK clients for one endpoint, with dummy credentials.
+struct Aws {
+    sqs: aws_sdk_sqs::Client,
+    ddb: aws_sdk_dynamodb::Client,
+}
+
+/// The queues and table of one phase.
+#[derive(Clone, Debug)]
+struct Resources {
+    relay_name: String,
+    relay_url: String,
+    parking_name: String,
+    parking_url: String,
+    table: String,
+}
+
+fn sqs_err<E, R>(what: &str, e: aws_sdk_sqs::error::SdkError<E, R>) -> String
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    format!("{what}: {}", aws_sdk_sqs::error::DisplayErrorContext(e))
+}
+
+impl Aws {
+    async fn new(endpoint: &str) -> Aws {
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "tmc-chaos"))
+            .endpoint_url(endpoint)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(60))
+                    .build(),
+            )
+            .load()
+            .await;
+        Aws {
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            ddb: aws_sdk_dynamodb::Client::new(&sdk),
+        }
+    }
+
+    /// A relay queue, a parking queue and a dedup table shaped as the relay expects (key `pk`
+    /// S, TTL on `expires_at`).
+    async fn create(&self, tag: &str) -> Result<Resources, String> {
+        let relay_name = format!("chaos-relay-{tag}");
+        let parking_name = format!("chaos-parking-{tag}");
+        let table = format!("chaos-dedup-{tag}");
+        let mut urls = Vec::new();
+        for name in [&relay_name, &parking_name] {
+            let out = self
+                .sqs
+                .create_queue()
+                .queue_name(name)
+                .send()
+                .await
+                .map_err(|e| sqs_err("CreateQueue", e))?;
+            urls.push(
+                out.queue_url()
+                    .ok_or("CreateQueue answered without a QueueUrl")?
+                    .to_owned(),
+            );
+        }
+        let attr = AttributeDefinition::builder()
+            .attribute_name("pk")
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let key = KeySchemaElement::builder()
+            .attribute_name("pk")
+            .key_type(KeyType::Hash)
+            .build()
+            .map_err(|e| e.to_string())?;
+        self.ddb
+            .create_table()
+            .table_name(&table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr)
+            .key_schema(key)
+            .send()
+            .await
+            .map_err(|e| sqs_err("CreateTable", e))?;
+        let ttl = TimeToLiveSpecification::builder()
+            .attribute_name("expires_at")
+            .enabled(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        self.ddb
+            .update_time_to_live()
+            .table_name(&table)
+            .time_to_live_specification(ttl)
+            .send()
+            .await
+            .map_err(|e| sqs_err("UpdateTimeToLive", e))?;
+        let parking_url = urls.pop().unwrap_or_default();
+        let relay_url = urls.pop().unwrap_or_default();
+        Ok(Resources {
+            relay_name,
+            relay_url,
+            parking_name,
+            parking_url,
+            table,
+        })
+    }
+
+    /// Best effort: moto keeps what it is given until it stops.
+    async fn delete(&self, r: &Resources) {
+        for url in [&r.relay_url, &r.parking_url] {
+            let _ = self.sqs.delete_queue().queue_url(url).send().await;
+        }
+        let _ = self.ddb.delete_table().table_name(&r.table).send().await;
+    }
+
+    /// Receives and deletes every message of a queue; returns the bodies.
+    async fn receive_all(&self, url: &str) -> Result<Vec<String>, String> {
+        let mut bodies = Vec::new();
+        let mut empty = 0;
+        while empty < 3 {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .visibility_timeout(900)
+                .send()
+                .await
+                .map_err(|e| sqs_err("ReceiveMessage", e))?;
+            let msgs = out.messages();
+            if msgs.is_empty() {
+                empty += 1;
+                continue;
+            }
+            empty = 0;
+            let mut del = self.sqs.delete_message_batch().queue_url(url);
+            for (i, m) in msgs.iter().enumerate() {
+                bodies.push(m.body().unwrap_or_default().to_owned());
+                let entry = aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                del = del.entries(entry);
+            }
+            del.send()
+                .await
+                .map_err(|e| sqs_err("DeleteMessageBatch", e))?;
+        }
+        Ok(bodies)
+    }
+
+    /// Sends bodies in batches of 10 (the sabotage's extra copies).
+    async fn send_bodies(&self, url: &str, bodies: &[String]) -> Result<(), String> {
+        for chunk in bodies.chunks(10) {
+            let mut req = self.sqs.send_message_batch().queue_url(url);
+            for (i, b) in chunk.iter().enumerate() {
+                let e = SendMessageBatchRequestEntry::builder()
+                    .id(format!("s{i}"))
+                    .message_body(b)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                req = req.entries(e);
+            }
+            let out = req
+                .send()
+                .await
+                .map_err(|e| sqs_err("SendMessageBatch", e))?;
+            if !out.failed().is_empty() {
+                return Err("the sabotage's extra copies were refused".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bodies in a queue: read from memory, or received from moto directly.
+async fn queue_bodies(
+    fake: &FakeAws,
+    moto: Option<&Aws>,
+    name: &str,
+    url: &str,
+) -> Result<Vec<String>, String> {
+    match (fake.memory(), moto) {
+        (Some(mem), _) => mem
+            .messages(name)
+            .map(|msgs| msgs.into_iter().map(|m| m.body).collect())
+            .ok_or_else(|| format!("queue {name} is missing from memory")),
+        (None, Some(aws)) => aws.receive_all(url).await,
+        (None, None) => Err("no way to read the queues".into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults.
+
+/// fake-aws rules: every operation faulted at `rate` (throttling, 500s and lost responses in
+/// equal parts), and each batch entry failing alone at `rate`.
+fn chaos_rules(rate: f64, sender_fault_share: f64) -> Rules {
+    let whole = OpRules {
+        latency_jitter_ms: 2,
+        throttle_rate: rate / 3.0,
+        error500_rate: rate / 3.0,
+        lost_response_rate: rate / 3.0,
+        ..OpRules::default()
+    };
+    Rules::none()
+        .with("*", whole.clone())
+        .with(
+            "SendMessageBatch",
+            OpRules {
+                partial_failure_rate: rate,
+                sender_fault_share,
+                ..whole.clone()
+            },
+        )
+        .with(
+            "BatchWriteItem",
+            OpRules {
+                partial_failure_rate: rate,
+                ..whole
+            },
+        )
+}
+
+/// Simulator faults: consume and confirm faulted at `rate`, split across the transient kinds
+/// (isp errors, short call-limit bans, 502s, bodies cut in half and dropped connections after
+/// the work was done, confirms answering is_success=false), plus a little latency.
+fn tmc_faults(rate: f64) -> Faults {
+    let consume = MethodFaults {
+        latency: Duration::from_millis(5),
+        error_rate: rate / 5.0,
+        ban_rate: rate / 5.0,
+        ban_secs: 1,
+        http502_rate: rate / 5.0,
+        malformed_rate: rate / 5.0,
+        reset_rate: rate / 5.0,
+        ..MethodFaults::default()
+    };
+    let confirm = MethodFaults {
+        latency: Duration::from_millis(5),
+        error_rate: rate / 5.0,
+        http502_rate: rate / 5.0,
+        malformed_rate: rate / 5.0,
+        reset_rate: rate / 5.0,
+        confirm_false_rate: rate / 5.0,
+        ..MethodFaults::default()
+    };
+    Faults::none()
+        .with("taobao.tmc.messages.consume", consume)
+        .with("taobao.tmc.messages.confirm", confirm)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relay processes.
+
+/// What a child's log said that matters for the bound, and whether it showed the secret.
+#[derive(Clone, Debug, Default)]
+struct ChildLog {
+    secret_lines: u64,
+    completion_failed_ids: u64,
+    completion_failed_calls: u64,
+    unknown_outcome_sends: u64,
+    /// The last lines that were not routine warnings, secret removed, for diagnosis.
+    tail: Vec<String>,
+}
+
+impl ChildLog {
+    fn scan(&mut self, line: &str, secret: &str) {
+        if line.contains(secret) {
+            self.secret_lines += 1;
+        }
+        let keep = match serde_json::from_str::<Value>(line) {
+            Ok(v) => {
+                let msg = v.get("message").and_then(Value::as_str).unwrap_or("");
+                if msg.starts_with("could not record some ids as done") {
+                    self.completion_failed_ids +=
+                        v.get("count").and_then(Value::as_u64).unwrap_or(0);
+                } else if msg.starts_with("could not record ids as done") {
+                    self.completion_failed_calls += 1;
+                } else if msg.starts_with("enqueue outcome unknown") {
+                    self.unknown_outcome_sends += 1;
+                } else if msg.starts_with("enqueue failed") {
+                    let reason = v.get("reason").and_then(Value::as_str).unwrap_or("");
+                    if UNKNOWN_OUTCOME.iter().any(|m| reason.contains(m)) {
+                        self.unknown_outcome_sends += 1;
+                    }
+                }
+                v.get("level").and_then(Value::as_str) == Some("ERROR")
+            }
+            Err(_) => !line.trim().is_empty(),
+        };
+        if keep {
+            if self.tail.len() == 8 {
+                self.tail.remove(0);
+            }
+            self.tail.push(line.replace(secret, "***"));
+        }
+    }
+}
+
+/// One relay process that ended.
+#[derive(Debug)]
+struct Pass {
+    killed: bool,
+    /// None when killed by a signal.
+    exit_code: Option<i32>,
+    /// The JSON report it printed (absent when killed).
+    report: Option<Value>,
+    log: ChildLog,
+    stdout_secret: bool,
+}
+
+impl Pass {
+    fn count(&self, key: &str) -> u64 {
+        self.report
+            .as_ref()
+            .and_then(|r| r.get(key))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    }
+
+    fn fatal_error(&self) -> Option<String> {
+        let r = self.report.as_ref()?;
+        (r.get("stop_reason").and_then(Value::as_str) == Some("fatal")).then(|| {
+            r.get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("fatal error")
+                .to_owned()
+        })
+    }
+}
+
+/// A relay process that is running.
+struct Running {
+    child: Child,
+    started: Instant,
+    /// When the supervisor will SIGKILL it.
+    kill_at: Option<Instant>,
+    stdout: JoinHandle<String>,
+    stderr: JoinHandle<ChildLog>,
+}
+
+/// Starts, watches and kills `tmc-relay run` processes pointed at one simulator and one set of
+/// resources.
+struct Fleet {
+    bin: PathBuf,
+    /// The whole environment of a child (it inherits nothing), the secret included.
+    env: Vec<(&'static str, String)>,
+    secret: String,
+    quantity: u32,
+    loops: u32,
+    running: Vec<Running>,
+    passes: Vec<Pass>,
+    crashes: u32,
+    /// Where to keep the children's logs, if anywhere, and how many were started.
+    keep_logs: Option<PathBuf>,
+    started: u64,
+    /// Set when a process ended on its own having consumed nothing.
+    reaped_idle: bool,
+}
+
+impl Fleet {
+    fn new(
+        bin: &Path,
+        gateway: &str,
+        aws_endpoint: &str,
+        res: &Resources,
+        secret: &str,
+        quantity: u32,
+        loops: u32,
+    ) -> Fleet {
+        let env = vec![
+            ("TOP_APP_KEY", APP_KEY.to_owned()),
+            ("TOP_APP_SECRET", secret.to_owned()),
+            ("TOP_ENDPOINT", gateway.to_owned()),
+            ("RELAY_QUEUE_URL", res.relay_url.clone()),
+            ("PARKING_QUEUE_URL", res.parking_url.clone()),
+            ("DEDUP_TABLE_NAME", res.table.clone()),
+            ("AWS_ENDPOINT_URL", aws_endpoint.to_owned()),
+            ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+            // Structured logs: the harness reads the relay's warnings about failed writes.
+            ("AWS_LAMBDA_LOG_FORMAT", "json".to_owned()),
+        ];
+        Fleet {
+            bin: bin.to_owned(),
+            env,
+            secret: secret.to_owned(),
+            quantity,
+            loops,
+            running: Vec::new(),
+            passes: Vec::new(),
+            crashes: 0,
+            keep_logs: None,
+            started: 0,
+            reaped_idle: false,
+        }
+    }
+
+    fn spawn(&mut self, mode: &str, seconds: u64) -> Result<(), String> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.env_clear()
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .args(["run", "--mode", mode])
+            .args(["--max-seconds", &seconds.to_string()])
+            .args(["--quantity", &self.quantity.to_string()])
+            .args(["--concurrency", &self.loops.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
+        let mut out = child.stdout.take().ok_or("child without stdout")?;
+        let err = child.stderr.take().ok_or("child without stderr")?;
+        let stdout = tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s).await;
+            s
+        });
+        let secret = self.secret.clone();
+        self.started += 1;
+        let keep = self
+            .keep_logs
+            .as_ref()
+            .map(|d| d.join(format!("pass-{}.log", self.started)));
+        let stderr = tokio::spawn(async move {
+            let mut log = ChildLog::default();
+            let mut kept = String::new();
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.scan(&line, &secret);
+                if keep.is_some() {
+                    kept.push_str(&line.replace(&secret, "***"));
+                    kept.push('\n');
+                }
+            }
+            if let Some(path) = keep {
+                let _ = tokio::fs::write(path, kept).await;
+            }
+            log
+        });
+        self.running.push(Running {
+            child,
+            started: Instant::now(),
+            kill_at: None,
+            stdout,
+            stderr,
+        });
+        Ok(())
+    }
+
+    async fn finish(&mut self, mut r: Running, killed: bool) -> Result<(), String> {
+        if killed {
+            // SIGKILL: no chance to finish a batch, complete or confirm.
+            r.child
+                .start_kill()
+                .map_err(|e| format!("cannot kill a relay process: {e}"))?;
+        }
+        let status = r
+            .child
+            .wait()
+            .await
+            .map_err(|e| format!("cannot wait for a relay process: {e}"))?;
+        let stdout = r.stdout.await.unwrap_or_default();
+        let log = r.stderr.await.unwrap_or_default();
+        let pass = Pass {
+            killed,
+            exit_code: status.code(),
+            report: serde_json::from_str(&stdout).ok(),
+            stdout_secret: stdout.contains(&self.secret),
+            log,
+        };
+        if killed {
+            self.crashes += 1;
+        } else if pass.count("consumed") == 0 {
+            self.reaped_idle = true;
+        }
+        if !killed && pass.exit_code == Some(2) {
+            // The relay refused its configuration or arguments: nothing will work.
+            return Err(format!(
+                "tmc-relay exited with status 2: {}",
+                pass.log.tail.join(" | ")
+            ));
+        }
+        self.passes.push(pass);
+        Ok(())
+    }
+
+    /// Collects the processes that ended; SIGKILLs those whose moment has come.
+    async fn reap(&mut self) -> Result<(), String> {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.running.len() {
+            let r = &mut self.running[i];
+            let ended = r
+                .child
+                .try_wait()
+                .map_err(|e| format!("cannot watch a relay process: {e}"))?
+                .is_some();
+            let due = r.kill_at.is_some_and(|t| t <= now);
+            if ended || due {
+                let r = self.running.swap_remove(i);
+                self.finish(r, !ended).await?;
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every running process to end on its own, for at most `limit`; then stops
+    /// (SIGKILL) the rest, which by then have nothing left to do.
+    async fn wait_all(&mut self, limit: Duration) -> Result<(), String> {
+        let until = Instant::now() + limit;
+        while !self.running.is_empty() {
+            self.reap().await?;
+            if Instant::now() >= until {
+                for r in std::mem::take(&mut self.running) {
+                    let mut r = r;
+                    let _ = r.child.start_kill();
+                    let _ = r.child.wait().await;
+                }
+                break;
+            }
+            tokio::time::sleep(TICK).await;
+        }
+        Ok(())
+    }
+}
+
+fn mean_batch_latency(passes: &[Pass]) -> Option<u64> {
+    let all: Vec<u64> = passes
+        .iter()
+        .filter_map(|p| p.report.as_ref()?.get("batch_latency_ms")?.as_u64())
+        .collect();
+    (!all.is_empty()).then(|| all.iter().sum::<u64>() / all.len() as u64)
+}
+
+fn drained(s: &SimState) -> bool {
+    s.pending == 0 && s.inflight == 0
+}
+
+/// Progress points (confirmed messages) at which the next SIGKILL is scheduled: uniform over
+/// 5–85 % of the run, sorted, so the crashes spread over it whatever the throughput.
+fn kill_points(rng: &mut SplitMix64, crashes: u32, messages: u64) -> Vec<u64> {
+    let mut points: Vec<u64> = (0..crashes)
+        .map(|_| ((0.05 + 0.80 * rng.next_f64()) * messages as f64) as u64)
+        .collect();
+    points.sort_unstable();
+    points
+}
+
+/// A progress line on stderr every few seconds.
+struct Ticker {
+    started: Instant,
+    last: Instant,
+}
+
+impl Ticker {
+    fn new(started: Instant) -> Self {
+        Self {
+            started,
+            last: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, phase: &str, s: &SimState, total: usize, fleet: &Fleet) {
+        if self.last.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        self.last = Instant::now();
+        eprintln!(
+            "[{:>5.0}s] {phase}: confirmed {}/{total}, pending {}, in flight {}, crashes {}, passes {}",
+            self.started.elapsed().as_secs_f64(),
+            s.confirmed,
+            s.pending,
+            s.inflight,
+            fleet.crashes,
+            fleet.passes.len() + fleet.running.len()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run.
+
+fn fresh_secret() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(now_ms() as u128);
+    h.write_u32(std::process::id());
+    let a = h.finish();
+    h.write_u64(a);
+    format!("chaos-{a:016x}{:016x}", h.finish())
+}
+
+fn relay_bin(args: &Args) -> Result<PathBuf, String> {
+    let bin = match &args.relay_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot locate this binary: {e}"))?
+            .with_file_name("tmc-relay"),
+    };
+    if !bin.exists() {
+        return Err(format!(
+            "{} does not exist: build it (cargo build --bins) or pass --relay-bin",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+async fn run(args: Args) -> Result<(Outcome, bool), String> {
+    if !(0.0..=1.0).contains(&args.fault_rate) || !(0.0..=1.0).contains(&args.sender_fault_share) {
+        return Err("--fault-rate and --sender-fault-share must be within 0..=1".into());
+    }
+    if args.messages == 0 {
+        return Err("--messages must be at least 1".into());
+    }
+    let bin = relay_bin(&args)?;
+    let started = Instant::now();
+    let hard_deadline = started + Duration::from_secs(args.timeout_secs);
+    let secret = fresh_secret();
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let moto_url = match args.backend {
+        BackendKind::Memory => None,
+        BackendKind::Moto => Some(
+            args.moto_endpoint
+                .clone()
+                .ok_or("--backend moto needs MOTO_ENDPOINT or --moto-endpoint")?,
+        ),
+    };
+    if args.backend == BackendKind::Moto && args.messages > 2000 {
+        eprintln!("tmc-chaos: warning: {MOTO_NOTE}");
+    }
+
+    let sim = SimServer::start(
+        loopback,
+        SimConfig {
+            app_key: APP_KEY.into(),
+            app_secret: secret.clone(),
+            lease: Duration::from_secs(args.lease_secs),
+            seed: args.seed,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("cannot start the simulator: {e}"))?;
+    let fake_cfg = match &moto_url {
+        None => FakeAwsConfig::memory(),
+        Some(u) => FakeAwsConfig::moto(u.clone()),
+    };
+    let fake = FakeAws::start(loopback, fake_cfg.with_seed(args.seed))
+        .await
+        .map_err(|e| format!("cannot start fake-aws: {e}"))?;
+    let via_fake = Aws::new(&fake.endpoint()).await;
+    let moto = match &moto_url {
+        Some(u) => Some(Aws::new(u.as_str()).await),
+        None => None,
+    };
+    let tag = format!(
+        "{}-{}-{}",
+        args.seed,
+        std::process::id(),
+        now_ms() % 1_000_000
+    );
+    let res = via_fake.create(&tag).await?;
+
+    let ids: Vec<u64> = sim.generate(None, args.messages);
+    if args.sabotage > 0 {
+        sabotage(&args, &sim, &secret, &via_fake, &res, &ids).await?;
+    }
+
+    // Faults and crashes.
+    fake.set_rules(chaos_rules(args.fault_rate, args.sender_fault_share))?;
+    sim.set_faults(tmc_faults(args.fault_rate));
+    let mut fleet = Fleet::new(
+        &bin,
+        &sim.gateway_url(),
+        &fake.endpoint(),
+        &res,
+        &secret,
+        args.quantity,
+        args.loops,
+    );
+    if let Some(dir) = &args.keep_logs {
+        std::fs::create_dir_all(dir).map_err(|e| format!("--keep-logs {}: {e}", dir.display()))?;
+        fleet.keep_logs = Some(dir.clone());
+    }
+    let mut rng = SplitMix64::new(args.seed ^ 0x00C0_FFEE_C4A0_5000);
+    let points = kill_points(&mut rng, args.crashes, ids.len() as u64);
+    let fault_until = ids.len() as u64 * 9 / 10;
+    let mut ticker = Ticker::new(started);
+    loop {
+        if Instant::now() >= hard_deadline {
+            return Err(format!("gave up after {} s", args.timeout_secs));
+        }
+        fleet.reap().await?;
+        let s = sim.counters();
+        // Faults hold for most of the run, whatever the number of crashes; the rest drains
+        // cleanly.
+        let faulted_enough = s.confirmed >= fault_until;
+        if (fleet.crashes >= args.crashes && faulted_enough) || drained(&s) {
+            break;
+        }
+        while (fleet.running.len() as u64) < args.processes {
+            fleet.spawn("follow", args.pass_seconds)?;
+        }
+        let pending_kill = fleet.running.iter().any(|r| r.kill_at.is_some());
+        if let Some(&point) = points.get(fleet.crashes as usize) {
+            if s.confirmed >= point && !pending_kill {
+                // One of the processes, somewhere in the next 0.8 s, but not before it is up.
+                let i = rng.up_to(fleet.running.len() as u64 - 1) as usize;
+                if let Some(r) = fleet.running.get_mut(i) {
+                    let from = Instant::now().max(r.started + Duration::from_millis(300));
+                    r.kill_at = Some(from + Duration::from_millis(rng.up_to(800)));
+                }
+            }
+        }
+        ticker.tick("faults and crashes", &s, ids.len(), &fleet);
+        tokio::time::sleep(TICK).await;
+    }
+    let chaos_done = Instant::now();
+
+    // Faults off: drain, waiting out the leases of messages and of dead passes' claims.
+    fake.set_rules(Rules::none())?;
+    sim.set_faults(Faults::none());
+    let mut next_spawn = Instant::now();
+    loop {
+        if Instant::now() >= hard_deadline {
+            break; // the checks say what is missing
+        }
+        fleet.reap().await?;
+        let s = sim.counters();
+        if drained(&s) {
+            fleet
+                .wait_all(Duration::from_secs(args.pass_seconds + 10))
+                .await?;
+            break;
+        }
+        // A pass that found nothing to do (messages still leased, or claimed by a dead pass):
+        // pause before the next rather than spin.
+        if fleet.reaped_idle {
+            fleet.reaped_idle = false;
+            next_spawn = Instant::now() + Duration::from_millis(300);
+        }
+        if Instant::now() >= next_spawn {
+            while (fleet.running.len() as u64) < args.processes {
+                fleet.spawn("drain", args.pass_seconds)?;
+            }
+        }
+        ticker.tick("clean drain", &s, ids.len(), &fleet);
+        tokio::time::sleep(TICK).await;
+    }
+    fleet.wait_all(Duration::from_secs(1)).await?;
+    let drain_done = Instant::now();
+
+    let stats = fake.stats();
+    let mut outcome = check(&args, &sim, &fake, moto.as_ref(), &res, &ids, &fleet).await?;
+    let checks_done = Instant::now();
+
+    if args.concurrency_messages > 0 {
+        let (conc, mut checks) = concurrency_phase(
+            &args,
+            &bin,
+            &secret,
+            &fake,
+            &via_fake,
+            moto.as_ref(),
+            &tag,
+            hard_deadline,
+        )
+        .await?;
+        outcome.concurrency = Some(conc);
+        outcome.checks.append(&mut checks);
+    }
+    let end = Instant::now();
+
+    outcome.faults.aws = stats
+        .ops
+        .iter()
+        .filter(|(_, s)| s.faults() > 0)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    outcome.faults.aws_total = stats.total();
+    outcome.time = Times {
+        total_s: secs(end - started),
+        faults_and_crashes_s: secs(chaos_done - started),
+        clean_drain_s: secs(drain_done - chaos_done),
+        checks_s: secs(checks_done - drain_done),
+        concurrency_s: secs(end - checks_done),
+    };
+    outcome.passed = outcome.checks.iter().all(|c| c.passed);
+
+    if let Some(m) = &moto {
+        m.delete(&res).await;
+    }
+    sim.shutdown().await;
+    fake.shutdown().await;
+    Ok((outcome, args.json))
+}
+
+/// Confirms `k` ids behind the relay's back and enqueues `k` extra copies of others: the
+/// checks must report them as lost, confirmed early and duplicated.
+async fn sabotage(
+    args: &Args,
+    sim: &SimServer,
+    secret: &str,
+    aws: &Aws,
+    res: &Resources,
+    ids: &[u64],
+) -> Result<(), String> {
+    let k = args.sabotage.min(ids.len() / 2);
+    let endpoint = url::Url::parse(&sim.gateway_url()).map_err(|e| e.to_string())?;
+    let top = TopClient::new(TopConfig::new(endpoint, APP_KEY, Secret::new(secret)))
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for chunk in top.confirm(None, &ids[..k], deadline).await {
+        if chunk.result.ok() != Some(true) {
+            return Err("the sabotage's confirm failed".into());
+        }
+    }
+    let copies: Vec<String> = ids[k..2 * k]
+        .iter()
+        .map(|id| serde_json::json!({ "id": id.to_string(), "sabotage": true }).to_string())
+        .collect();
+    aws.send_bodies(&res.relay_url, &copies).await
+}
+
+/// The id a queue body carries (`"id"`, a decimal string in relay and parking bodies).
+fn body_id(body: &Value) -> Option<String> {
+    match body.get("id")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn accepted_id(a: &Accepted) -> Option<String> {
+    a.entry_id
+        .clone()
+        .filter(|e| e.bytes().all(|b| b.is_ascii_digit()))
+        .or_else(|| {
+            serde_json::from_str::<Value>(&a.body)
+                .ok()
+                .and_then(|b| body_id(&b))
+        })
+}
+
+fn sample(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v.truncate(10);
+    v
+}
+
+/// Reads both queues, the acceptance log and the simulator, and runs the checks.
+async fn check(
+    args: &Args,
+    sim: &SimServer,
+    fake: &FakeAws,
+    moto: Option<&Aws>,
+    res: &Resources,
+    ids: &[u64],
+    fleet: &Fleet,
+) -> Result<Outcome, String> {
+    let relay_bodies = queue_bodies(fake, moto, &res.relay_name, &res.relay_url).await?;
+    let parking_bodies = queue_bodies(fake, moto, &res.parking_name, &res.parking_url).await?;
+    let accepted = fake.accepted();
+    let state = sim.state();
+
+    // The relay queue: copies per id.
+    let mut in_relay: HashMap<String, u64> = HashMap::new();
+    let mut unreadable = 0u64;
+    for b in &relay_bodies {
+        match serde_json::from_str::<Value>(b)
+            .ok()
+            .and_then(|v| body_id(&v))
+        {
+            Some(id) => *in_relay.entry(id).or_default() += 1,
+            None => unreadable += 1,
+        }
+    }
+    // The parking queue: reason per id.
+    let mut parked = Parked::default();
+    let mut in_parking: HashMap<String, u64> = HashMap::new();
+    for b in &parking_bodies {
+        let Ok(v) = serde_json::from_str::<Value>(b) else {
+            unreadable += 1;
+            continue;
+        };
+        let Some(id) = body_id(&v) else { continue };
+        let n = in_parking.entry(id.clone()).or_default();
+        *n += 1;
+        if *n == 1 {
+            let reason = v
+                .get("reason_code")
+                .and_then(Value::as_str)
+                .unwrap_or("(no reason)");
+            *parked.by_reason.entry(reason.to_owned()).or_default() += 1;
+            parked.also_enqueued += u64::from(in_relay.contains_key(&id));
+        }
+    }
+    parked.count = in_parking.len() as u64;
+    parked.duplicates = in_parking.values().map(|n| n - 1).sum();
+
+    let published: Vec<String> = ids.iter().map(u64::to_string).collect();
+    let lost: Vec<String> = published
+        .iter()
+        .filter(|id| !in_relay.contains_key(*id) && !in_parking.contains_key(*id))
+        .cloned()
+        .collect();
+
+    // First acceptance per id, in either queue; lost answers on the relay queue.
+    let mut first: HashMap<String, u64> = HashMap::new();
+    let mut relay_accepted = 0u64;
+    let mut lost_entries = 0u64;
+    let mut lost_ids: HashSet<String> = HashSet::new();
+    for a in &accepted {
+        let relay = a.queue_name == res.relay_name;
+        if !relay && a.queue_name != res.parking_name {
+            continue;
+        }
+        let id = accepted_id(a);
+        if relay {
+            relay_accepted += 1;
+            if a.response_lost {
+                lost_entries += 1;
+                lost_ids.extend(id.clone());
+            }
+        }
+        if let Some(id) = id {
+            let t = first.entry(id).or_insert(a.at_ms);
+            *t = (*t).min(a.at_ms);
+        }
+    }
+    // The early-confirm check needs a logged acceptance for every id in the queues. In front of
+    // moto an extra copy can go unlogged: a client that disconnects mid-request (SIGKILL, its
+    // own timeout) cancels fake-aws's handler after moto carried the request out.
+    let unlogged_ids: Vec<&String> = in_relay
+        .keys()
+        .chain(in_parking.keys())
+        .filter(|id| !first.contains_key(*id))
+        .collect();
+    let unlogged_copies = (relay_bodies.len() as u64).saturating_sub(relay_accepted);
+    let mut early = Vec::new();
+    let mut unconfirmed = 0u64;
+    for id in &published {
+        match state.messages.get(id).and_then(|m| m.confirmed_at_ms) {
+            None => unconfirmed += 1,
+            Some(at) if first.get(id).is_none_or(|&acc| at < acc) => early.push(id.clone()),
+            Some(_) => {}
+        }
+    }
+
+    // Duplicates and their bound.
+    let dup_ids: Vec<String> = in_relay
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let dup_count: u64 = in_relay.values().map(|n| n - 1).sum();
+    let after_lost_response: u64 = in_relay
+        .iter()
+        .filter(|(id, n)| **n > 1 && lost_ids.contains(*id))
+        .map(|(_, n)| n - 1)
+        .sum();
+    let depth = RelaySettings::default().pipeline_depth.max(1) as u64;
+    let per_crash = u64::from(args.loops) * depth * u64::from(args.quantity);
+    let sum = |f: fn(&ChildLog) -> u64| fleet.passes.iter().map(|p| f(&p.log)).sum::<u64>();
+    let mut bound = Bound {
+        crashes: u64::from(fleet.crashes),
+        per_crash,
+        lost_response_entries: lost_entries,
+        lost_sqs_responses: fake.stats().op("SendMessageBatch").lost_responses,
+        completion_failed_ids: sum(|l| l.completion_failed_ids),
+        completion_failed_calls: sum(|l| l.completion_failed_calls),
+        unknown_outcome_sends: sum(|l| l.unknown_outcome_sends),
+        total: 0,
+    };
+    bound.total = bound.crashes * per_crash
+        + bound.lost_response_entries
+        + bound.completion_failed_ids
+        + bound.completion_failed_calls * u64::from(args.quantity)
+        + bound.unknown_outcome_sends;
+
+    let mut relay_counts: BTreeMap<String, u64> = BTreeMap::new();
+    for p in fleet.passes.iter().filter(|p| p.report.is_some()) {
+        for key in [
+            "consumed",
+            "enqueued",
+            "duplicates",
+            "parked",
+            "deferred",
+            "held_elsewhere",
+            "invalid",
+            "confirmed",
+            "confirm_failed",
+        ] {
+            *relay_counts.entry(key.to_owned()).or_default() += p.count(key);
+        }
+    }
+    let fatal: Vec<String> = fleet.passes.iter().filter_map(Pass::fatal_error).collect();
+    let secret_leaks: u64 = fleet
+        .passes
+        .iter()
+        .map(|p| p.log.secret_lines + u64::from(p.stdout_secret))
+        .sum();
+
+    let checks = vec![
+        Check {
+            name: "no_loss",
+            passed: lost.is_empty(),
+            detail: format!(
+                "{} of {} published ids in neither the relay queue nor the parking queue",
+                lost.len(),
+                published.len()
+            ),
+        },
+        Check {
+            name: "no_early_confirm",
+            passed: early.is_empty(),
+            detail: format!(
+                "{} ids confirmed before SQS first accepted them",
+                early.len()
+            ),
+        },
+        Check {
+            name: "duplicates_within_bound",
+            passed: dup_count <= bound.total,
+            detail: format!("{dup_count} extra copies, bound {}", bound.total),
+        },
+        Check {
+            name: "drained",
+            passed: unconfirmed == 0,
+            detail: format!("{unconfirmed} published ids still unconfirmed at the end"),
+        },
+        Check {
+            name: "acceptance_log_covers_queues",
+            passed: unlogged_ids.is_empty()
+                && unreadable == 0
+                && (args.backend == BackendKind::Moto || unlogged_copies == 0),
+            detail: format!(
+                "{} ids in the queues without a logged acceptance, {unreadable} unreadable \
+                 bodies; fake-aws logged {relay_accepted} acceptances into the relay queue, \
+                 which holds {}",
+                unlogged_ids.len(),
+                relay_bodies.len()
+            ),
+        },
+        Check {
+            name: "secret_never_printed",
+            passed: secret_leaks == 0,
+            detail: format!("{secret_leaks} lines of relay output contained the app secret"),
+        },
+    ];
+
+    Ok(Outcome {
+        passed: false,
+        settings: Settings {
+            seed: args.seed,
+            backend: args.backend,
+            messages: args.messages,
+            crashes_requested: args.crashes,
+            fault_rate: args.fault_rate,
+            lease_secs: args.lease_secs,
+            quantity: args.quantity,
+            processes: args.processes,
+            loops: args.loops,
+            pass_seconds: args.pass_seconds,
+            pipeline_depth: depth as usize,
+            sender_fault_share: args.sender_fault_share,
+            sabotage: args.sabotage,
+        },
+        messages: published.len() as u64,
+        confirmed: published.len() as u64 - unconfirmed,
+        crashes: fleet.crashes,
+        passes: fleet.passes.len() as u64,
+        passes_completed: fleet.passes.iter().filter(|p| !p.killed).count() as u64,
+        passes_fatal: fatal.len() as u64,
+        batch_latency_ms: mean_batch_latency(&fleet.passes),
+        first_fatal_error: fatal.first().map(|e| e.replace(&fleet.secret, "***")),
+        faults: FaultFigures {
+            tmc: state.faults_injected.clone(),
+            tmc_consume_calls: state.consume_calls,
+            tmc_confirm_calls: state.confirm_calls,
+            aws: BTreeMap::new(),
+            aws_total: OpStats::default(),
+        },
+        lost: lost.len() as u64,
+        lost_sample: sample(lost),
+        unconfirmed,
+        early_confirms: early.len() as u64,
+        early_confirm_sample: sample(early),
+        duplicates: Duplicates {
+            count: dup_count,
+            ids: dup_ids.len() as u64,
+            after_lost_response,
+            unlogged_copies,
+            sample: sample(dup_ids),
+            bound,
+        },
+        parked,
+        deferred: relay_counts.get("deferred").copied().unwrap_or(0),
+        relay_counts,
+        secret_leaks,
+        concurrency: None,
+        checks,
+        time: Times::default(),
+        note: match args.backend {
+            BackendKind::Memory => format!("backend memory: {MOTO_NOTE}"),
+            BackendKind::Moto => format!("backend moto (behind fake-aws): {MOTO_NOTE}"),
+        },
+    })
+}
+
+/// Four passes at once on one group, with a TMC lease shorter than a batch takes (SQS answers
+/// slowly), no other faults: TMC hands held messages to other passes, which must neither enqueue
+/// nor confirm them.
+#[allow(clippy::too_many_arguments)]
+async fn concurrency_phase(
+    args: &Args,
+    bin: &Path,
+    secret: &str,
+    fake: &FakeAws,
+    via_fake: &Aws,
+    moto: Option<&Aws>,
+    tag: &str,
+    hard_deadline: Instant,
+) -> Result<(Concurrency, Vec<Check>), String> {
+    let started = Instant::now();
+    let sim = SimServer::start(
+        ([127, 0, 0, 1], 0).into(),
+        SimConfig {
+            app_key: APP_KEY.into(),
+            app_secret: secret.to_owned(),
+            lease: CONCURRENCY_LEASE,
+            seed: args.seed.wrapping_add(1),
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("cannot start the concurrency simulator: {e}"))?;
+    fake.set_rules(Rules::none())?;
+    let res = via_fake.create(&format!("{tag}-c")).await?;
+    let ids = sim.generate(None, args.concurrency_messages);
+    fake.set_rules(Rules::none().with(
+        "SendMessageBatch",
+        OpRules {
+            latency_ms: CONCURRENCY_SQS_LATENCY_MS,
+            ..OpRules::default()
+        },
+    ))?;
+    let mut fleet = Fleet::new(
+        bin,
+        &sim.gateway_url(),
+        &fake.endpoint(),
+        &res,
+        secret,
+        args.quantity,
+        1,
+    );
+    let mut ticker = Ticker::new(started);
+    let mut finished = false;
+    while Instant::now() < hard_deadline {
+        fleet.reap().await?;
+        let s = sim.counters();
+        if drained(&s) {
+            finished = true;
+            break;
+        }
+        while fleet.running.len() < CONCURRENT_PASSES {
+            fleet.spawn("drain", CONCURRENCY_PASS_SECONDS)?;
+        }
+        ticker.tick("concurrency", &s, ids.len(), &fleet);
+        tokio::time::sleep(TICK).await;
+    }
+    fleet
+        .wait_all(Duration::from_secs(if finished {
+            CONCURRENCY_PASS_SECONDS + 5
+        } else {
+            1
+        }))
+        .await?;
+    fake.set_rules(Rules::none())?;
+
+    // Copies per id: in the relay queue itself, and in fake-aws's log (whichever says more).
+    let mut logged: HashMap<String, u64> = HashMap::new();
+    for a in fake.accepted() {
+        if a.queue_name == res.relay_name {
+            if let Some(id) = accepted_id(&a) {
+                *logged.entry(id).or_default() += 1;
+            }
+        }
+    }
+    let in_relay = queue_bodies(fake, moto, &res.relay_name, &res.relay_url).await?;
+    let in_parking = queue_bodies(fake, moto, &res.parking_name, &res.parking_url).await?;
+    let mut copies: HashMap<String, u64> = HashMap::new();
+    let mut present: HashSet<String> = HashSet::new();
+    for (i, b) in in_relay.iter().chain(&in_parking).enumerate() {
+        if let Some(id) = serde_json::from_str::<Value>(b)
+            .ok()
+            .and_then(|v| body_id(&v))
+        {
+            if i < in_relay.len() {
+                *copies.entry(id.clone()).or_default() += 1;
+            }
+            present.insert(id);
+        }
+    }
+    for (id, n) in logged {
+        let c = copies.entry(id).or_default();
+        *c = (*c).max(n);
+    }
+    let twice: Vec<String> = copies
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let state = sim.counters();
+    let lost = ids
+        .iter()
+        .filter(|id| !present.contains(&id.to_string()))
+        .count() as u64;
+    let sum = |key: &str| fleet.passes.iter().map(|p| p.count(key)).sum::<u64>();
+    let conc = Concurrency {
+        messages: ids.len() as u64,
+        passes_at_once: CONCURRENT_PASSES,
+        passes: fleet.passes.len() as u64,
+        lease_ms: CONCURRENCY_LEASE.as_millis() as u64,
+        sqs_latency_ms: CONCURRENCY_SQS_LATENCY_MS,
+        batch_latency_ms: mean_batch_latency(&fleet.passes),
+        redeliveries: state.deliveries.saturating_sub(ids.len() as u64),
+        held_elsewhere: sum("held_elsewhere"),
+        enqueued_twice: twice.len() as u64,
+        enqueued_twice_sample: sample(twice),
+        lost,
+        unconfirmed: state.published.saturating_sub(state.confirmed),
+        seconds: secs(started.elapsed()),
+    };
+    let leaks: u64 = fleet
+        .passes
+        .iter()
+        .map(|p| p.log.secret_lines + u64::from(p.stdout_secret))
+        .sum();
+    let checks = vec![
+        Check {
+            name: "concurrency_no_double_enqueue",
+            passed: conc.enqueued_twice == 0 && conc.lost == 0 && conc.unconfirmed == 0,
+            detail: format!(
+                "{} ids enqueued twice, {} lost, {} unconfirmed, with {} passes at once",
+                conc.enqueued_twice, conc.lost, conc.unconfirmed, CONCURRENT_PASSES
+            ),
+        },
+        Check {
+            name: "concurrency_exercised",
+            passed: conc.redeliveries > 0 && conc.held_elsewhere > 0,
+            detail: format!(
+                "{} redeliveries while a batch was in progress, {} found held by another pass",
+                conc.redeliveries, conc.held_elsewhere
+            ),
+        },
+        Check {
+            name: "concurrency_secret_never_printed",
+            passed: leaks == 0,
+            detail: format!("{leaks} lines of relay output contained the app secret"),
+        },
+    ];
+    if let Some(m) = moto {
+        m.delete(&res).await;
+    }
+    sim.shutdown().await;
+    Ok((conc, checks))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text output.
+
+impl Outcome {
+    fn text(&self) -> String {
+        use std::fmt::Write as _;
+        let s = &self.settings;
+        let mut o = String::new();
+        let ok = |b: bool| if b { "ok" } else { "FAILED" };
+        let check = |name: &str| {
+            self.checks
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| c.passed)
+        };
+        let _ = writeln!(
+            o,
+            "tmc-chaos: seed {}, {} messages, backend {:?}, fault rate {}, {} crashes requested, \
+             lease {} s, quantity {}, {} process(es) of {} loop(s), passes of {} s",
+            s.seed,
+            s.messages,
+            s.backend,
+            s.fault_rate,
+            s.crashes_requested,
+            s.lease_secs,
+            s.quantity,
+            s.processes,
+            s.loops,
+            s.pass_seconds
+        );
+        let _ = writeln!(o, "  ({})", self.note);
+        let _ = writeln!(
+            o,
+            "messages          {} published, {} confirmed",
+            self.messages, self.confirmed
+        );
+        let _ = writeln!(
+            o,
+            "crashes           {} SIGKILLs; {} relay processes, {} ended on their own, {} fatal; \
+             mean batch latency {} ms",
+            self.crashes,
+            self.passes,
+            self.passes_completed,
+            self.passes_fatal,
+            self.batch_latency_ms
+                .map_or("?".to_owned(), |v| v.to_string())
+        );
+        if let Some(e) = &self.first_fatal_error {
+            let _ = writeln!(o, "                  first fatal error: {e}");
+        }
+        let tmc: Vec<String> = self
+            .faults
+            .tmc
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "faults, TMC       {} (in {} consume and {} confirm calls)",
+            if tmc.is_empty() {
+                "none".to_owned()
+            } else {
+                tmc.join(", ")
+            },
+            self.faults.tmc_consume_calls,
+            self.faults.tmc_confirm_calls
+        );
+        let mut first = true;
+        for (op, st) in &self.faults.aws {
+            let _ = writeln!(
+                o,
+                "{}{op}: throttled {}, 500s {}, lost responses {}, failed entries {} \
+                 ({} SenderFault=true), of {} requests",
+                if first {
+                    "faults, AWS       "
+                } else {
+                    "                  "
+                },
+                st.throttled,
+                st.error500,
+                st.lost_responses,
+                st.failed_entries,
+                st.sender_fault_entries,
+                st.requests
+            );
+            first = false;
+        }
+        let t = &self.faults.aws_total;
+        let _ = writeln!(
+            o,
+            "                  total: {} faults in {} AWS requests",
+            t.faults(),
+            t.requests
+        );
+        let _ = writeln!(
+            o,
+            "lost              {:<40} {}",
+            self.lost,
+            ok(self.lost == 0)
+        );
+        let _ = writeln!(
+            o,
+            "early confirms    {:<40} {}",
+            self.early_confirms,
+            ok(self.early_confirms == 0)
+        );
+        let d = &self.duplicates;
+        let b = &d.bound;
+        let _ = writeln!(
+            o,
+            "duplicates        {:<40} {}",
+            format!(
+                "{} extra copies of {} ids (bound {}; {} after lost answers)",
+                d.count, d.ids, b.total, d.after_lost_response
+            ),
+            ok(check("duplicates_within_bound").unwrap_or(false))
+        );
+        let _ = writeln!(
+            o,
+            "                  bound = {} crashes × {} (loops × pipeline depth {} × quantity) \
+             + {} entries of {} lost SendMessageBatch responses + {} ids of failed completion \
+             writes + {} failed completion calls × {} + {} sends of unknown outcome",
+            b.crashes,
+            b.per_crash,
+            s.pipeline_depth,
+            b.lost_response_entries,
+            b.lost_sqs_responses,
+            b.completion_failed_ids,
+            b.completion_failed_calls,
+            s.quantity,
+            b.unknown_outcome_sends
+        );
+        let reasons: Vec<String> = self
+            .parked
+            .by_reason
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "parked            {}{}",
+            self.parked.count,
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({}; {} also in the relay queue)",
+                    reasons.join(", "),
+                    self.parked.also_enqueued
+                )
+            }
+        );
+        let _ = writeln!(
+            o,
+            "deferred          {} (in processes that ended on their own)",
+            self.deferred
+        );
+        let _ = writeln!(
+            o,
+            "unconfirmed       {:<40} {}",
+            self.unconfirmed,
+            ok(self.unconfirmed == 0)
+        );
+        let _ = writeln!(
+            o,
+            "secret in output  {:<40} {}",
+            format!("{} lines", self.secret_leaks),
+            ok(self.secret_leaks == 0)
+        );
+        if let Some(c) = &self.concurrency {
+            let _ = writeln!(
+                o,
+                "concurrency       {} messages, {} passes at once ({} in all), lease {} ms, \
+                 batch latency {} ms: {} redeliveries, {} held elsewhere, {} enqueued twice, \
+                 {} lost   {}",
+                c.messages,
+                c.passes_at_once,
+                c.passes,
+                c.lease_ms,
+                c.batch_latency_ms.map_or("?".to_owned(), |v| v.to_string()),
+                c.redeliveries,
+                c.held_elsewhere,
+                c.enqueued_twice,
+                c.lost,
+                ok(check("concurrency_no_double_enqueue").unwrap_or(false)
+                    && check("concurrency_exercised").unwrap_or(false))
+            );
+        }
+        let tm = &self.time;
+        let _ = writeln!(
+            o,
+            "time              {} s (faults and crashes {} s, clean drain {} s, checks {} s, \
+             concurrency {} s)",
+            tm.total_s, tm.faults_and_crashes_s, tm.clean_drain_s, tm.checks_s, tm.concurrency_s
+        );
+        for c in self.checks.iter().filter(|c| !c.passed) {
+            let _ = writeln!(o, "FAILED            {}: {}", c.name, c.detail);
+        }
+        let _ = writeln!(
+            o,
+            "result            {}",
+            if self.passed { "PASS" } else { "FAIL" }
+        );
+        o
+    }
+}
