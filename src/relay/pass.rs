@@ -143,6 +143,8 @@ struct GroupShared {
     batches: AtomicU64,
     messages: AtomicU64,
     counts: Mutex<Counts>,
+    /// The last consume failure that was retried away, for the report.
+    last_error: Mutex<Option<String>>,
 }
 
 impl GroupShared {
@@ -195,6 +197,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                     batches: AtomicU64::new(0),
                     messages: AtomicU64::new(0),
                     counts: Mutex::new(Counts::default()),
+                    last_error: Mutex::new(None),
                 })
             })
             .collect();
@@ -242,6 +245,11 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                 error: (reason == StopReason::Fatal)
                     .then(|| fatal_error.clone())
                     .flatten(),
+                last_error: g
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
                 elapsed_ms,
             });
         }
@@ -340,7 +348,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             let consumed_at = Instant::now();
             let msgs = match self.tmc.consume(group, quantity, opts.deadline).await {
                 Ok(m) => m,
-                Err(e) => match self.on_consume_error(shared, &e).await {
+                Err(e) => match self.on_consume_error(shared, g, &e).await {
                     Some(end) => break end,
                     None => continue,
                 },
@@ -413,7 +421,12 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
     }
 
     /// Decides what a failed consume means for the loop: `Some(end)` stops it.
-    async fn on_consume_error(&self, shared: &PassShared, e: &TopError) -> Option<LoopEnd> {
+    async fn on_consume_error(
+        &self,
+        shared: &PassShared,
+        g: &GroupShared,
+        e: &TopError,
+    ) -> Option<LoopEnd> {
         let deadline = shared.opts.deadline;
         match e.class() {
             ErrorClass::RateLimited { ban } => {
@@ -449,6 +462,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             ErrorClass::Transient => {
                 // The client already retried; pause once more, then let the budget decide.
                 tracing::warn!(error = %e, "consume failed after retries");
+                *g.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 let pause = Duration::from_secs(1);
                 if Instant::now() + pause + FIRST_BATCH_ESTIMATE >= deadline {
                     return Some(LoopEnd {

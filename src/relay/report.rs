@@ -80,6 +80,10 @@ pub struct GroupReport {
     /// What to fix, when the pass stopped on a fatal error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The last consume failure that retries could not clear (HTML from a proxy, timeouts...),
+    /// so a pass that stopped on `budget` or `empty` still says what went wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
     pub elapsed_ms: u64,
 }
 

@@ -473,6 +473,29 @@ async fn short_ban_is_waited_out() {
     assert_eq!(rep.counts.enqueued, 1);
 }
 
+/// A consume failure the client could not retry away is named in the group's report.
+#[tokio::test(start_paused = true)]
+async fn transient_consume_failure_is_reported() {
+    let (r, _) = relay();
+    r.tmc.push(Err(TopError::Http {
+        method: "taobao.tmc.messages.consume",
+        status: 502,
+        body_head: "<html>".into(),
+    }));
+    r.tmc.push(Ok(vec![msg(1)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.counts.enqueued, 1);
+    assert!(
+        rep.groups[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("HTTP 502"),
+        "{:?}",
+        rep.groups[0].last_error
+    );
+}
+
 /// A signature error is fatal and the report says which setting to check.
 #[tokio::test]
 async fn signature_error_is_fatal() {
