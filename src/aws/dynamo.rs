@@ -58,6 +58,25 @@ impl DynamoStore {
     }
 }
 
+/// A token no other claim call will produce: time, process, a counter and per-process
+/// randomness.
+fn claim_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    h.write_u64(n);
+    format!("{:016x}-{n}", h.finish())
+}
+
 fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
 }
@@ -68,10 +87,15 @@ fn n(v: u64) -> AttributeValue {
 
 impl DedupStore for DynamoStore {
     async fn claim(&self, c: Claim<'_>) -> Result<ClaimOutcome, PortError> {
+        // Unique to this call: if the SDK retries after a lost answer and finds our own first
+        // attempt's item, the token says it is ours (the owner alone cannot: one pass may meet
+        // the same id twice when TMC redelivers it mid-pass).
+        let token = claim_token();
         let mut item = HashMap::from([
             ("pk".to_owned(), s(c.id)),
             ("status".to_owned(), s("claimed")),
             ("owner".to_owned(), s(c.owner)),
+            ("claim_token".to_owned(), s(&token)),
             ("lease_until".to_owned(), n(c.lease_until_ms)),
             ("expires_at".to_owned(), n(c.expires_at)),
         ]);
@@ -107,12 +131,16 @@ impl DedupStore for DynamoStore {
                 {
                     // A failed conditional write still consumes a write unit.
                     self.meter.capacity(1.0, 0.0);
-                    let status = cf
-                        .item()
-                        .and_then(|i| i.get("status"))
-                        .and_then(|v| v.as_s().ok())
-                        .map(String::as_str);
-                    return Ok(match status {
+                    let old = |name: &str| {
+                        cf.item()
+                            .and_then(|i| i.get(name))
+                            .and_then(|v| v.as_s().ok())
+                            .map(String::as_str)
+                    };
+                    if old("claim_token") == Some(token.as_str()) {
+                        return Ok(ClaimOutcome::Claimed);
+                    }
+                    return Ok(match old("status") {
                         Some("done") => ClaimOutcome::AlreadyDone { parked: false },
                         Some("parked") => ClaimOutcome::AlreadyDone { parked: true },
                         _ => ClaimOutcome::HeldElsewhere,
