@@ -272,7 +272,20 @@ async fn aws(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let outcome = handle(&st, service, &op, parts.method, &path, &parts.headers, body).await;
+    // Run the work in its own task: if the client disconnects (killed, or its own timeout),
+    // hyper drops this handler, but a request the backend already carried out must still be
+    // logged as accepted.
+    let work = {
+        let st = Arc::clone(&st);
+        let (method, headers) = (parts.method, parts.headers);
+        tokio::spawn(async move { handle(&st, service, &op, method, &path, &headers, body).await })
+    };
+    let outcome = match work.await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "fake-aws handler failed").into_response()
+        }
+    };
     match outcome {
         Outcome::Answer(a) => respond(a),
         Outcome::Lost { delay_ms } => {
