@@ -14,12 +14,14 @@
 //!   SQS/DynamoDB stand-in, both speaking the AWS JSON wire protocol.
 //! - [`wiring`]: the one place where configuration becomes real clients and a relay.
 //! - [`telemetry`]: tracing setup and the CloudWatch Embedded Metric Format line.
+//! - [`signals`]: SIGINT/SIGTERM for the local servers.
 
 pub mod aws;
 pub mod config;
 pub mod fakeaws;
 pub mod invocation;
 pub mod relay;
+pub mod signals;
 pub mod sim;
 pub mod telemetry;
 pub mod top;

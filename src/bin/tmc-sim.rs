@@ -112,7 +112,7 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if let Err(e) = stop_signal().await {
+    if let Err(e) = tmc_relay::signals::stop_signal().await {
         eprintln!("tmc-sim: cannot wait for signals: {e}");
         server.shutdown().await;
         return ExitCode::FAILURE;
@@ -120,23 +120,4 @@ async fn run(args: Args) -> ExitCode {
     tracing::info!("stopping");
     server.shutdown().await;
     ExitCode::SUCCESS
-}
-
-/// SIGINT or SIGTERM.
-async fn stop_signal() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        Ok(())
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
-    }
 }
