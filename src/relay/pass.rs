@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::stream::{self, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -54,7 +54,10 @@ pub struct RelaySettings {
     /// Concurrent DynamoDB claims and SQS batches per batch of messages.
     pub parallelism: usize,
     /// Batches processed at once per consume loop while the next consume runs; 0 turns
-    /// pipelining off (consume, then process, then consume: the naive baseline).
+    /// pipelining off (consume, then process, then consume: the naive baseline). At most
+    /// `pipeline_depth + 1` batches of messages per loop are in memory. A batch gives up its
+    /// place once its messages are in SQS and recorded, then confirms in one of as many
+    /// confirm places: a confirm holds up consuming only when confirms lag.
     pub pipeline_depth: usize,
 }
 
@@ -66,7 +69,10 @@ impl Default for RelaySettings {
             claim_grace: Duration::from_secs(10),
             max_send_attempts: 4,
             parallelism: 32,
-            pipeline_depth: 2,
+            // Claims in waves of `parallelism`, SQS and the completion record take three to
+            // four consume round trips: fewer places leave the consume waiting (see
+            // `make bench`); each place can hold a batch of messages in memory.
+            pipeline_depth: 4,
         }
     }
 }
@@ -288,7 +294,12 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         let opts = &shared.opts;
         let group = (!g.name.is_empty()).then_some(g.name.as_str());
         let depth = self.settings.pipeline_depth;
-        let in_flight = Arc::new(Semaphore::new(depth.max(1)));
+        // One place for the consume in progress, `depth` for the batches behind it. Until a
+        // first batch has gone through, only one: a wrong table or queue then costs one
+        // extra consume, not `depth`.
+        let in_flight = Arc::new(Semaphore::new(depth.min(1) + 1));
+        let widened = Arc::new(AtomicBool::new(depth <= 1));
+        let confirms = Arc::new(Semaphore::new(depth + 1));
         let mut tasks = JoinSet::new();
         let mut estimate = FIRST_BATCH_ESTIMATE;
         let slowest = Arc::new(AtomicU64::new(0));
@@ -387,16 +398,24 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                 Arc::clone(g),
                 Arc::clone(&slowest),
             );
+            let (in_flight2, widened2) = (Arc::clone(&in_flight), Arc::clone(&widened));
+            let places = Places {
+                batch: permit,
+                confirms: Arc::clone(&confirms),
+            };
             let work = async move {
-                let counts = relay.process_batch(&shared2, &g2.name, msgs).await;
+                let counts = relay.process_batch(&shared2, &g2.name, msgs, places).await;
                 g2.add(&counts);
+                // The first batch went through: open the other places (depth >= 2 here).
+                if !shared2.is_fatal() && !widened2.swap(true, Ordering::SeqCst) {
+                    in_flight2.add_permits(depth - 1);
+                }
                 let took = consumed_at.elapsed();
                 slowest2.fetch_max(took.as_millis() as u64, Ordering::Relaxed);
                 shared2
                     .latency_total_ms
                     .fetch_add(took.as_millis() as u64, Ordering::Relaxed);
                 shared2.latency_batches.fetch_add(1, Ordering::Relaxed);
-                drop(permit);
             };
             if depth == 0 {
                 work.await;
@@ -483,6 +502,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         shared: &PassShared,
         group_name: &str,
         msgs: Vec<TmcMessage>,
+        places: Places,
     ) -> Counts {
         let opts = &shared.opts;
         let deadline = opts.deadline;
@@ -536,35 +556,39 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             })
             .collect();
         let owner = shared.owner.as_str();
-        let claims = stream::iter(claim_inputs.into_iter().map(|(id, topic)| async move {
-            let claim = self.store.claim(Claim {
-                id: &id,
-                owner,
-                lease_until_ms,
-                now_ms,
-                expires_at,
-                topic: &topic,
-                group,
-            });
-            let r = match tokio::time::timeout_at(deadline, claim).await {
-                Ok(r) => r,
-                Err(_) => Err(PortError::new(
-                    "PutItem",
-                    Severity::Retryable,
-                    "no answer before the pass deadline",
-                )),
-            };
-            (id, r)
-        }))
-        .buffered(self.settings.parallelism.max(1))
+        let mut claims = stream::iter(claim_inputs.into_iter().enumerate().map(
+            |(i, (id, topic))| async move {
+                let claim = self.store.claim(Claim {
+                    id: &id,
+                    owner,
+                    lease_until_ms,
+                    now_ms,
+                    expires_at,
+                    topic: &topic,
+                    group,
+                });
+                let r = match tokio::time::timeout_at(deadline, claim).await {
+                    Ok(r) => r,
+                    Err(_) => Err(PortError::new(
+                        "PutItem",
+                        Severity::Retryable,
+                        "no answer before the pass deadline",
+                    )),
+                };
+                (i, id, r)
+            },
+        ))
+        // Unordered: a slow answer must not hold up the next claims behind it.
+        .buffer_unordered(self.settings.parallelism.max(1))
         .collect::<Vec<_>>()
         .await;
+        claims.sort_unstable_by_key(|(i, _, _)| *i);
 
         let mut confirm_ids: Vec<u64> = Vec::new();
         let mut to_send: Vec<Outgoing> = Vec::new();
         let mut to_park: Vec<(TmcMessage, Defect)> = Vec::new();
         let mut by_id: HashMap<String, TmcMessage> = HashMap::new();
-        for ((m, entry), (id, claim)) in candidates.into_iter().zip(claims) {
+        for ((m, entry), (_, id, claim)) in candidates.into_iter().zip(claims) {
             match claim {
                 Ok(ClaimOutcome::Claimed) => match entry {
                     Ok(e) => {
@@ -714,7 +738,11 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             .enqueued
             .fetch_add(counts.enqueued, Ordering::Relaxed);
 
-        // 6. Confirm exactly what is safe.
+        // 6. Confirm exactly what is safe. The messages are done with: trade the batch's
+        //    place for a confirm place, so the next consume can start.
+        drop((by_id, parked_msgs));
+        let _confirming = places.confirms.acquire_owned().await;
+        drop(places.batch);
         if !confirm_ids.is_empty() {
             tracing::debug!(group, ids = ?confirm_ids, "confirming");
             let group_param = (!group_name.is_empty()).then_some(group_name);
@@ -897,6 +925,14 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             shared.set_fatal(format!("{e}. Check RELAY_QUEUE_URL, PARKING_QUEUE_URL, DEDUP_TABLE_NAME and the function's IAM permissions."));
         }
     }
+}
+
+/// A batch's place in its loop's pipeline, and where it confirms.
+struct Places {
+    /// Taken before the consume; given up once the messages are in SQS and recorded.
+    batch: OwnedSemaphorePermit,
+    /// Bounds the confirms in flight, so confirms that lag still slow consuming down.
+    confirms: Arc<Semaphore>,
 }
 
 enum Sent {
