@@ -75,7 +75,8 @@ build: $(TOOLS) ## Release Lambda artifact for arm64: target/lambda/bootstrap/bo
 bench: ## Throughput vs the TMC limit, cold start, sizes, memory, CPU/msg, AWS usage, cost (QUICK=1: <1 min)
 	cargo build --release --bins
 	$(TARGET_DIR)/release/tmc-bench $(if $(QUICK),--quick) --bin-dir $(TARGET_DIR)/release \
-		--arm64-bin $(TARGET_DIR)/lambda/bootstrap/bootstrap
+		--arm64-bin $(TARGET_DIR)/aarch64-unknown-linux-gnu/release/bootstrap \
+		--lambda-zip $(TARGET_DIR)/lambda/bootstrap/bootstrap.zip
 
 sam-build: $(DEPLOY_TOOLS) ## sam build --beta-features (offline; output in .aws-sam/)
 	$(TOOLS_ENV) $(VENV)/bin/sam build --beta-features
