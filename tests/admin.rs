@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use support::{sim, APP_KEY, SECRET};
-use tmc_relay::sim::{NewMessage, SimServer};
+use tmc_relay::sim::{Faults, InjectedError, MethodFaults, NewMessage, SimServer};
 use tmc_relay::top::api::{GROUPS_GET, JMS_USER_ADD, USER_PERMIT};
 use tmc_relay::top::{Secret, TopClient, TopConfig};
 
@@ -111,6 +111,25 @@ fn calls(sim: &SimServer, method: &str) -> u64 {
 }
 
 /// `permit` subscribes the session's seller to the given topics and says so, as text and JSON.
+/// The timestamp is GMT+8 whatever the process's zone: the gateway refuses a clock more than
+/// 10 minutes off with 31, so a client formatting local time fails in every zone but one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_calls_are_accepted_from_any_host_time_zone() {
+    let sim = sim(Duration::from_secs(300)).await;
+    for tz in [
+        "UTC",
+        "America/New_York",
+        "Asia/Kolkata",
+        "Pacific/Kiritimati",
+    ] {
+        let out = admin(&sim, &[("TZ", tz)], &["--json", "groups", "list"]).await;
+        let v = json_of(&out);
+        assert!(v["groups"].is_array(), "TZ={tz}: {v}");
+    }
+    let rejected = sim.state().rejected;
+    assert!(rejected.is_empty(), "{rejected:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permit_subscribes_the_sessions_seller() {
     let sim = sim(Duration::from_secs(300)).await;
@@ -345,6 +364,33 @@ async fn refused_session_says_check_the_session() {
         let err = failure(&admin(&sim, &revoked, &args).await);
         assert!(
             err.contains("TOP error 27") && err.contains("Check the seller's session key"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// A permission refusal (error 11, e.g. the app lacks the API package or the IP whitelist)
+/// says to check the app's permissions on the TOP console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_permission_says_check_the_apps_permissions() {
+    let sim = sim(Duration::from_secs(300)).await;
+    sim.set_faults(Faults::none().with(
+        "*",
+        MethodFaults {
+            error_rate: 1.0,
+            error: Some(InjectedError {
+                code: 11,
+                msg: Some("Insufficient isv permissions".into()),
+                sub_code: Some("isv.permission-api-package-limit".into()),
+                sub_msg: None,
+            }),
+            ..MethodFaults::default()
+        },
+    ));
+    for args in [vec!["groups", "list"], vec!["--json", "backlog"]] {
+        let err = failure(&admin(&sim, &[], &args).await);
+        assert!(
+            err.contains("TOP error 11") && err.contains("Check the app's API permissions"),
             "{args:?}: {err}"
         );
     }

@@ -9,7 +9,9 @@ use proptest::prelude::*;
 use tmc_relay::sim::{verify_request, RequestParams};
 use tokio::io::AsyncBufReadExt;
 
-use tmc_relay::sim::{Faults, MethodFaults, NewMessage, Scripted, SimConfig, SimServer};
+use tmc_relay::sim::{
+    Faults, InjectedError, MethodFaults, NewMessage, Scripted, SimConfig, SimServer,
+};
 use tmc_relay::top::api::{CONFIRM, CONSUME, GROUP_ADD};
 use tmc_relay::top::{ErrorClass, RetryPolicy, Secret, SignMethod, TopClient, TopConfig, TopError};
 use tokio::time::Instant;
@@ -593,6 +595,78 @@ async fn retries_get_through_transient_faults() {
             "{kind}"
         );
     }
+}
+
+/// An injected permission error (11) is fatal and not retried; an `isv.*` refusal under 15 is
+/// permanent and not retried; an unknown code is neither retried nor taken for transient.
+#[tokio::test]
+async fn injected_error_codes_are_classified_and_not_retried() {
+    let sim = sim().await;
+    let cases = [
+        (11, Some("isv.permission-api-package-limit"), "fatal"),
+        (15, Some("isv.invalid-parameter"), "permanent"),
+        (9999, None, "permanent"),
+    ];
+    for (code, sub_code, want) in cases {
+        let error = InjectedError {
+            code,
+            msg: None,
+            sub_code: sub_code.map(str::to_owned),
+            sub_msg: None,
+        };
+        sim.reset();
+        sim.set_faults(faults(
+            CONSUME,
+            MethodFaults {
+                error_rate: 1.0,
+                error: Some(error),
+                ..MethodFaults::default()
+            },
+        ));
+        let e = client_with_attempts(&sim, 5)
+            .consume(None, 10, deadline())
+            .await
+            .unwrap_err();
+        assert_eq!(api_code(&e), code);
+        let class = match e.class() {
+            ErrorClass::Fatal { .. } => "fatal",
+            ErrorClass::Permanent => "permanent",
+            other => panic!("code {code}: {other:?}"),
+        };
+        assert_eq!((code, class), (code, want));
+        assert_eq!(sim.state().consume_calls, 1, "code {code} was retried");
+    }
+}
+
+/// Retries of a transient error stop at the caller's deadline, however many attempts the
+/// policy would still allow.
+#[tokio::test]
+async fn retries_stop_at_the_deadline() {
+    let sim = sim().await;
+    sim.set_faults(faults(
+        CONSUME,
+        MethodFaults {
+            http502_rate: 1.0,
+            ..MethodFaults::default()
+        },
+    ));
+    let mut cfg = config(&sim, SignMethod::HmacSha256, true);
+    cfg.retry = RetryPolicy {
+        max_attempts: 50,
+        base: Duration::from_millis(200),
+        cap: Duration::from_millis(200),
+    };
+    let client = TopClient::new(cfg).unwrap();
+    let started = std::time::Instant::now();
+    let e = client
+        .consume(None, 10, Instant::now() + Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Transient);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    let calls = sim.state().consume_calls;
+    assert!((1..50).contains(&calls), "{calls} calls");
 }
 
 /// A call-limit ban is classified with the gateway's ban length and not retried.

@@ -80,9 +80,12 @@ pub struct MethodFaults {
     /// has still had its messages leased. `latency_ms` in JSON.
     #[serde(rename = "latency_ms", with = "duration_ms")]
     pub latency: Duration,
-    /// A transient platform error (code 15 `isp.top-remote-connection-timeout` or code 10),
-    /// before anything changes.
+    /// An error response before anything changes: by default a transient platform error
+    /// (code 15 `isp.top-remote-connection-timeout` or code 10), or `error` when given.
     pub error_rate: f64,
+    /// The error `error_rate` answers with, when a test needs a particular code (a permission
+    /// error, an `isv.*` refusal, an unknown code) at a rate rather than scripted once.
+    pub error: Option<InjectedError>,
     /// A call-limit error (code 7), before anything changes; the method then stays banned
     /// for `ban_secs` of the simulator's clock.
     pub ban_rate: f64,
@@ -110,6 +113,21 @@ impl MethodFaults {
             ("confirm_false_rate", self.confirm_false_rate),
         ]
     }
+}
+
+/// An error response chosen by the caller: `{"code":11,"sub_code":"isv.permission-api-package-limit"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectedError {
+    /// The platform code, sent as a JSON number.
+    pub code: i64,
+    /// The short message; the platform's usual text for the code when absent.
+    #[serde(default)]
+    pub msg: Option<String>,
+    #[serde(default)]
+    pub sub_code: Option<String>,
+    #[serde(default)]
+    pub sub_msg: Option<String>,
 }
 
 /// A canned answer for the next call of a method, given instead of normal handling (after the
@@ -325,6 +343,16 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("ban_rate"));
         assert_eq!(bad.clamped().per_method["m"].ban_rate, 1.0);
         assert!(serde_json::from_str::<Faults>(r#"{"per_method":{"m":{"eror_rate":1}}}"#).is_err());
+        let coded: Faults = serde_json::from_str(
+            r#"{"per_method":{"m":{"error_rate":1,"error":{"code":11,"sub_code":"isv.permission-ip-whitelist-limit"}}}}"#,
+        )
+        .unwrap();
+        let err = coded.per_method["m"].error.as_ref().unwrap();
+        assert_eq!((err.code, err.msg.as_deref()), (11, None));
+        assert_eq!(
+            err.sub_code.as_deref(),
+            Some("isv.permission-ip-whitelist-limit")
+        );
     }
 
     /// A cut body is shorter, on a character boundary, and not JSON.

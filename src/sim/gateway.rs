@@ -577,6 +577,58 @@ mod tests {
         }
     }
 
+    /// The notes' other vectors (item.seller.get; user.get with Chinese text) pass the
+    /// signature check: the request gets as far as the method (22) or, for the vector's odd
+    /// timestamp, the clock (31), never 25. An md5 signature sent as `hmac` is refused.
+    #[test]
+    fn remaining_vectors_pass_the_signature_check() {
+        let item = |m: &str, s: &str| {
+            RequestParams::from_pairs([
+                ("method", "taobao.item.seller.get"),
+                ("app_key", "12345678"),
+                ("session", "test"),
+                ("timestamp", "2016-01-01 12:00:00"),
+                ("format", "json"),
+                ("v", "2.0"),
+                ("sign_method", m),
+                ("fields", "num_iid,title,nick,price,num"),
+                ("num_iid", "11223344"),
+                ("sign", s),
+            ])
+        };
+        for (m, s) in [
+            ("md5", "66987CB115214E59E6EC978214934FB8"),
+            ("hmac", "D56D7858309C31B6251083A874D48273"),
+            (
+                "hmac-sha256",
+                "04DB15AD0774D5CFCE2C837DE43E3FCEA9011ED74F3038FB6AB5F3C4CEA119E8",
+            ),
+        ] {
+            assert_eq!(code(&item(m, s)), 22, "{m}");
+        }
+        // The md5 signature under sign_method=hmac does not match.
+        assert_eq!(code(&item("hmac", "66987CB115214E59E6EC978214934FB8")), 25);
+
+        let utf8 = RequestParams::from_pairs([
+            ("method", "taobao.user.get"),
+            ("timestamp", "2011-07-01 13: 52:03"),
+            ("format", "xml"),
+            ("app_key", "test"),
+            ("v", "2.0"),
+            ("fields", "nick,location.state,location.city"),
+            ("nick", "商家测试帐号17"),
+            ("sign_method", "md5"),
+            ("sign", "990FD28323F67A1EEC29336EDF373C0E"),
+        ]);
+        let test_app = SimConfig {
+            app_key: "test".into(),
+            app_secret: "test".into(),
+            ..SimConfig::default()
+        };
+        let e = verify_request(&utf8, &test_app, vector_now()).unwrap_err();
+        assert_eq!(e.code, 31, "{e:?}");
+    }
+
     /// Each system check answers its code, in the documented order.
     #[test]
     fn system_checks_answer_their_codes() {

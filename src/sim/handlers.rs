@@ -121,6 +121,17 @@ impl Inner {
         } else {
             Shape::Plain
         };
+        if let (Some(Fault::Error { .. }), Some(e)) =
+            (fault, faults.as_ref().and_then(|f| f.error.as_ref()))
+        {
+            let err = ApiError {
+                code: e.code,
+                msg: e.msg.clone().unwrap_or_else(|| "Injected error".to_owned()),
+                sub_code: e.sub_code.clone(),
+                sub_msg: e.sub_msg.clone(),
+            };
+            return done(Reply::json(err.body(request_id)));
+        }
         match fault {
             Some(Fault::Error { code10: true }) => done(Reply::json(
                 ApiError::new(10, "Service currently unavailable").body(request_id),

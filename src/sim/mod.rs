@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 
 use crate::top::clock::{epoch_millis, wire_timestamp};
 
-pub use faults::{Faults, MethodFaults, Scripted};
+pub use faults::{Faults, InjectedError, MethodFaults, Scripted};
 pub use gateway::{
     verify_request, ApiError, RequestParams, Verified, INVALID_SESSION, KNOWN_METHODS,
 };

@@ -360,4 +360,16 @@ mod tests {
         }
         assert!(p.backoff(0) <= Duration::from_millis(100));
     }
+
+    /// Backoff is jittered: repeated draws for one attempt are not all the same pause.
+    #[test]
+    fn backoff_is_jittered() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+        };
+        let draws: std::collections::HashSet<Duration> = (0..50).map(|_| p.backoff(3)).collect();
+        assert!(draws.len() > 10, "{} distinct pauses in 50", draws.len());
+    }
 }
