@@ -22,6 +22,7 @@ pub const ENV_VARS: &[&str] = &[
     "TMC_QUANTITY",
     "TMC_MODE",
     "TMC_CONCURRENCY",
+    "TMC_EMPTY_BACKOFF_MS",
     "RELAY_QUEUE_URL",
     "PARKING_QUEUE_URL",
     "DEDUP_TABLE_NAME",
@@ -62,6 +63,8 @@ pub struct Config {
     pub mode: Mode,
     /// Consume loops per group.
     pub concurrency: u32,
+    /// Pause after an empty poll in follow mode; the platform asks for at least 100 ms.
+    pub empty_backoff: Duration,
     pub relay_queue_url: String,
     pub parking_queue_url: String,
     pub table: String,
@@ -111,8 +114,23 @@ impl Config {
             Some(v) => v.parse().map_err(|e: String| bad("TMC_MODE", e))?,
         };
         let concurrency = parse_num("TMC_CONCURRENCY", opt("TMC_CONCURRENCY"), 1, 1, 16)? as u32;
+        let empty_backoff_ms = parse_num(
+            "TMC_EMPTY_BACKOFF_MS",
+            opt("TMC_EMPTY_BACKOFF_MS"),
+            1000,
+            100,
+            60_000,
+        )?;
         let relay_queue_url = parse_queue_url("RELAY_QUEUE_URL", &req("RELAY_QUEUE_URL")?)?;
         let parking_queue_url = parse_queue_url("PARKING_QUEUE_URL", &req("PARKING_QUEUE_URL")?)?;
+        // Parked entries carry no MessageGroupId, so a FIFO parking queue would refuse every
+        // one, and those messages would be redelivered all day instead of parked.
+        if parking_queue_url.ends_with(".fifo") {
+            return Err(bad(
+                "PARKING_QUEUE_URL",
+                "must be a standard queue, not FIFO (parked messages have no order to keep)",
+            ));
+        }
         let table = req("DEDUP_TABLE_NAME")?;
         if !(3..=255).contains(&table.len())
             || !table
@@ -144,6 +162,7 @@ impl Config {
             quantity,
             mode,
             concurrency,
+            empty_backoff: Duration::from_millis(empty_backoff_ms),
             relay_queue_url,
             parking_queue_url,
             table,
@@ -374,6 +393,23 @@ mod tests {
         assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
         assert_eq!(c.fifo_group_by, FifoGroupBy::UserId);
         assert_eq!(c.parallelism, 32);
+        assert_eq!(c.empty_backoff, Duration::from_secs(1));
+    }
+
+    /// ENV_VARS (which the template test holds the template to) is exactly what the code asks
+    /// the environment for, so a new setting cannot miss the template.
+    #[test]
+    fn env_vars_lists_every_variable_read() {
+        let asked = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let m = base();
+        Config::from_lookup(|k| {
+            asked.borrow_mut().insert(k.to_owned());
+            m.get(k).map(|v| v.to_string())
+        })
+        .unwrap();
+        let listed: std::collections::BTreeSet<String> =
+            ENV_VARS.iter().map(|v| v.to_string()).collect();
+        assert_eq!(asked.into_inner(), listed);
     }
 
     /// Each bad value is refused with its variable named.
@@ -390,6 +426,10 @@ mod tests {
         assert_eq!(err(&[("TMC_QUANTITY", "ten")]).var, "TMC_QUANTITY");
         assert_eq!(err(&[("TMC_MODE", "fast")]).var, "TMC_MODE");
         assert_eq!(err(&[("TMC_CONCURRENCY", "0")]).var, "TMC_CONCURRENCY");
+        assert_eq!(
+            err(&[("TMC_EMPTY_BACKOFF_MS", "99")]).var,
+            "TMC_EMPTY_BACKOFF_MS"
+        );
         assert_eq!(err(&[("RELAY_QUEUE_URL", "queue")]).var, "RELAY_QUEUE_URL");
         assert_eq!(
             err(&[(
@@ -402,6 +442,15 @@ mod tests {
         assert_eq!(
             err(&[("PARKING_QUEUE_URL", "https://h/1/bad name")]).var,
             "PARKING_QUEUE_URL"
+        );
+        let fifo_parking = err(&[(
+            "PARKING_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/1/parked.fifo",
+        )]);
+        assert_eq!(fifo_parking.var, "PARKING_QUEUE_URL");
+        assert!(
+            fifo_parking.to_string().contains("not FIFO"),
+            "{fifo_parking}"
         );
         assert_eq!(err(&[("DEDUP_TABLE_NAME", "x")]).var, "DEDUP_TABLE_NAME");
         assert_eq!(

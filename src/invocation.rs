@@ -137,7 +137,7 @@ impl Overrides {
             max_batches: self.max_batches,
             max_messages: self.max_messages,
             deadline,
-            empty_backoff: Duration::from_secs(1),
+            empty_backoff: cfg.empty_backoff,
         }
     }
 }
@@ -146,6 +146,28 @@ impl Overrides {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The sample events in infra/events/ mean what their names say.
+    #[test]
+    fn sample_events_parse_as_documented() {
+        let read = |name: &str| -> Value {
+            let path = format!("{}/infra/events/{name}", env!("CARGO_MANIFEST_DIR"));
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        };
+        for scheduled in ["scheduled.json", "eventbridge-rule.json"] {
+            assert_eq!(
+                Overrides::from_event(&read(scheduled)).unwrap(),
+                Overrides::default(),
+                "{scheduled}"
+            );
+        }
+        let backfill = Overrides::from_event(&read("backfill.json")).unwrap();
+        assert_eq!(backfill.max_batches, Some(50));
+        assert_eq!(backfill.concurrency, Some(2));
+        assert_eq!(backfill.mode, Some(Mode::Drain));
+        let e = Overrides::from_event(&read("backfill-unknown-field.json")).unwrap_err();
+        assert!(e.0.contains("unknown field `max_batch`"), "{e}");
+    }
 
     /// Epoch deadlines give the time left; an emulator's relative budget is taken as is.
     #[test]

@@ -148,9 +148,7 @@ async fn claim(
         .item("owner", s(owner))
         .item("lease_until", n(now_ms + 60_000))
         .item("expires_at", n(now_ms / 1000 + 86_400))
-        .condition_expression(
-            "attribute_not_exists(pk) OR expires_at < :now_s OR (#st = :claimed AND lease_until < :now_ms)",
-        )
+        .condition_expression(tmc_relay::aws::dynamo::CLAIM_CONDITION)
         .expression_attribute_names("#st", "status")
         .expression_attribute_values(":now_s", n(now_ms / 1000))
         .expression_attribute_values(":now_ms", n(now_ms))

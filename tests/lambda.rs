@@ -34,12 +34,38 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Kills the child when the test ends, however it ends.
-struct Guard(Child);
+/// Kills the child when the test ends, however it ends; when the test failed, shows what the
+/// child printed.
+struct Guard {
+    name: &'static str,
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Guard {
+    /// Starts `cmd` with stdout and stderr going to one temporary file.
+    fn spawn(name: &'static str, cmd: &mut Command) -> Guard {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = cmd
+            .stdout(Stdio::from(log.reopen().unwrap()))
+            .stderr(Stdio::from(log.reopen().unwrap()))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {name}: {e}"));
+        Guard { name, child, log }
+    }
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let _ = self.0.start_kill();
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            let out = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+            eprintln!(
+                "--- {} output ---\n{out}--- end of {} output ---",
+                self.name, self.name
+            );
+        }
     }
 }
 
@@ -93,39 +119,33 @@ async fn lambda_serves_scheduled_and_backfill_invocations() {
     let env = Env::new(false).await;
     sim.publish(None, (0..30).map(message).collect());
     let port = free_port();
-    let emulator = Command::new(cargo_lambda())
-        .args([
-            "lambda",
-            "watch",
-            "--only-lambda-apis",
-            "-A",
-            "127.0.0.1",
-            "-P",
-            &port.to_string(),
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let _emulator = Guard(emulator);
+    let _emulator = Guard::spawn(
+        "cargo lambda watch",
+        Command::new(cargo_lambda())
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "-A",
+                "127.0.0.1",
+                "-P",
+                &port.to_string(),
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
+    );
     wait_for_port(port).await;
-    let function = Command::new(env!("CARGO_BIN_EXE_bootstrap"))
-        .envs(env.vars(&sim.gateway_url()))
-        .env(
-            "AWS_LAMBDA_RUNTIME_API",
-            format!("http://127.0.0.1:{port}/.rt"),
-        )
-        .env("AWS_LAMBDA_FUNCTION_NAME", "_")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let _function = Guard(function);
+    let _function = Guard::spawn(
+        "bootstrap",
+        Command::new(env!("CARGO_BIN_EXE_bootstrap"))
+            .envs(env.vars(&sim.gateway_url()))
+            .env(
+                "AWS_LAMBDA_RUNTIME_API",
+                format!("http://127.0.0.1:{port}/.rt"),
+            )
+            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256"),
+    );
 
     // A backfill limited to one batch of 10.
     let (status, report) = invoke(port, r#"{"quantity": 10, "max_batches": 1}"#).await;

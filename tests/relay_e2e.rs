@@ -6,7 +6,9 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use support::{sim, Env};
+use tmc_relay::fakeaws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 use tmc_relay::invocation::Overrides;
 use tmc_relay::relay::{RelaySettings, StopReason};
 use tmc_relay::sim::{Faults, MethodFaults, NewMessage, SimServer};
@@ -194,6 +196,12 @@ async fn concurrent_passes(passes: usize) {
         "the short lease caused redeliveries ({})",
         s.deliveries
     );
+    let held: u64 = reports.iter().map(|r| r.counts.held_elsewhere).sum();
+    let dupes: u64 = reports.iter().map(|r| r.counts.duplicates).sum();
+    assert!(
+        held + dupes > 0,
+        "the passes never met on one id, so the test proved nothing"
+    );
 }
 
 /// Two concurrent passes never double-enqueue.
@@ -380,4 +388,138 @@ async fn several_groups_in_one_pass() {
             .count(),
         25
     );
+}
+
+/// SQS failing every entry with SenderFault=false (through the fault proxy in front of moto):
+/// the messages are deferred, their claims released and nothing confirmed; once SQS recovers,
+/// TMC's redelivery is relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_sqs_defers_then_redelivery_is_relayed() {
+    let sim = sim(Duration::from_secs(60)).await;
+    let env = Env::new(false).await;
+    let upstream = url::Url::parse(&support::moto()).unwrap();
+    let proxy = FakeAws::start(
+        "127.0.0.1:0".parse().unwrap(),
+        FakeAwsConfig::moto(upstream).with_rules(Rules::none().with(
+            "SendMessageBatch",
+            OpRules {
+                partial_failure_rate: 1.0,
+                sender_fault_share: 0.0,
+                ..OpRules::default()
+            },
+        )),
+    )
+    .await
+    .unwrap();
+    let (ids, _) = publish(&sim, 25).await;
+    let app = env
+        .app_via(
+            &sim.gateway_url(),
+            &proxy.endpoint(),
+            &[],
+            RelaySettings::default(),
+        )
+        .await;
+    let first = app.run(&run_opts(30), None, Default::default()).await;
+    assert_eq!(
+        (
+            first.counts.consumed,
+            first.counts.enqueued,
+            first.counts.deferred,
+            first.counts.confirmed
+        ),
+        (25, 0, 25, 0),
+        "{first:?}"
+    );
+    assert_ne!(first.stop_reason, StopReason::Fatal);
+    assert_eq!(sim.state().confirmed, 0);
+    assert!(env.drain(&env.queue_url).await.is_empty());
+    for id in &ids {
+        assert_eq!(
+            env.status(&id.to_string()).await,
+            None,
+            "claim on {id} kept"
+        );
+    }
+
+    proxy.set_rules(Rules::none()).unwrap();
+    sim.advance(Duration::from_secs(61));
+    let second = app.run(&run_opts(30), None, Default::default()).await;
+    assert_eq!(
+        (second.counts.enqueued, second.counts.confirmed),
+        (25, 25),
+        "{second:?}"
+    );
+    assert_eq!(env.drain(&env.queue_url).await.len(), 25);
+    assert_eq!(sim.state().confirmed, 25);
+}
+
+/// A done record past its expiry that DynamoDB's TTL has not deleted yet counts as absent on
+/// the real table: the redelivery is enqueued again instead of being confirmed as a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_dedup_record_counts_as_absent_on_dynamodb() {
+    let sim = sim(Duration::from_secs(60)).await;
+    let env = Env::new(false).await;
+    let (ids, _) = publish(&sim, 3).await;
+    let app = env.app(&sim.gateway_url()).await;
+    sim.set_faults(Faults::none().with(
+        "taobao.tmc.messages.confirm",
+        MethodFaults {
+            confirm_false_rate: 1.0,
+            ..Default::default()
+        },
+    ));
+    let first = app.run(&run_opts(30), None, Default::default()).await;
+    assert_eq!(first.counts.enqueued, 3, "{first:?}");
+    // Age one record past its expiry; the others stay live.
+    let aged = ids[0].to_string();
+    env.ddb
+        .update_item()
+        .table_name(&env.table)
+        .key("pk", AttributeValue::S(aged.clone()))
+        .update_expression("SET expires_at = :past")
+        .expression_attribute_values(":past", AttributeValue::N("1000".into()))
+        .send()
+        .await
+        .unwrap();
+    sim.set_faults(Faults::none());
+    sim.advance(Duration::from_secs(61));
+    let second = app.run(&run_opts(30), None, Default::default()).await;
+    assert_eq!(
+        (
+            second.counts.enqueued,
+            second.counts.duplicates,
+            second.counts.confirmed
+        ),
+        (1, 2, 3),
+        "{second:?}"
+    );
+    let got = env.drain(&env.queue_url).await;
+    assert_eq!(got.iter().filter(|m| m.id() == aged).count(), 2);
+    assert_eq!(got.len(), 4);
+}
+
+/// Three consume loops on one group (the `concurrency` override) drain it exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loops_in_one_pass_drain_exactly_once() {
+    let sim = sim(Duration::from_secs(300)).await;
+    let env = Env::new(false).await;
+    let (ids, _) = publish(&sim, 300).await;
+    let app = env.app(&sim.gateway_url()).await;
+    let ov = Overrides {
+        quantity: Some(20),
+        concurrency: Some(3),
+        max_seconds: Some(60),
+        ..Overrides::default()
+    };
+    let report = app.run(&ov, None, Default::default()).await;
+    assert_eq!(report.stop_reason, StopReason::Empty, "{report:?}");
+    assert_eq!(
+        (report.counts.enqueued, report.counts.confirmed),
+        (300, 300)
+    );
+    let got = env.drain(&env.queue_url).await;
+    let seen: HashSet<String> = got.iter().map(|m| m.id()).collect();
+    assert_eq!(got.len(), seen.len(), "an id was enqueued twice");
+    assert_eq!(seen, ids.iter().map(u64::to_string).collect::<HashSet<_>>());
 }

@@ -557,6 +557,65 @@ async fn bootstrap_lambda_never_prints_the_secret() {
     assert_clean("bootstrap's stderr (wrong secret)", &stderr);
 }
 
+/// With `AWS_LAMBDA_LOG_FORMAT=JSON` every log line of the Lambda is a JSON object, and each
+/// pass prints exactly one EMF document on stdout, whose metrics carry the report's counts and
+/// the age of the oldest message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_logs_json_and_one_emf_line_per_pass() {
+    let sim = sim(Duration::from_secs(300)).await;
+    let env = Env::new(false).await;
+    let mut old = NewMessage::new("taobao_trade_TradeCreate", r#"{"tid":1}"#);
+    old.pub_time = Some(tmc_relay::top::clock::wire_timestamp(
+        SystemTime::now() - Duration::from_secs(7200),
+    ));
+    sim.publish(None, vec![old]);
+    sim.publish(
+        None,
+        (2..5)
+            .map(|i| NewMessage::new("taobao_trade_TradeCreate", format!(r#"{{"tid":{i}}}"#)))
+            .collect(),
+    );
+    let mut vars = env.vars(&sim.gateway_url());
+    vars.insert("AWS_LAMBDA_LOG_FORMAT".into(), "JSON".into());
+    vars.insert("RUST_LOG".into(), "debug".into());
+    let mut rt = Runtime::start().await;
+    let mut function = rt.spawn_function(&vars);
+    for _ in 0..2 {
+        let (kind, body) = rt.invoke(&mut function, "{}").await;
+        assert_eq!(kind, "response", "{body}");
+    }
+    let (stdout, stderr) = function.unwrap().stop().await;
+
+    let logs: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(logs.len() > 3, "too few log lines: {stderr}");
+    for line in &logs {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+
+    let emf: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("_aws").is_some())
+        .collect();
+    assert_eq!(emf.len(), 2, "one EMF line per pass: {stdout}");
+    let first = &emf[0];
+    let declared = &first["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(declared["Namespace"], "TmcRelay");
+    assert_eq!(first["Enqueued"], 4);
+    assert_eq!(first["Confirmed"], 4);
+    let age = first["OldestMessageAgeSeconds"].as_u64().unwrap();
+    assert!(
+        (7200..7300).contains(&age),
+        "the message published two hours ago is the oldest: {age}"
+    );
+    assert_eq!(
+        (emf[1]["Consumed"].as_u64(), emf[1]["EmptyPolls"].as_u64()),
+        (Some(0), Some(1))
+    );
+}
+
 /// Hosts that only look like loopback, and plain http with the switch set to anything but true,
 /// are refused; real loopback forms are accepted.
 #[test]

@@ -25,7 +25,7 @@ const WRITE_CHUNK: usize = 25;
 
 /// The claim condition: no live record. A record is dead when expired, or when it is a claim
 /// whose lease has ended (its holder died).
-const CLAIM_CONDITION: &str =
+pub const CLAIM_CONDITION: &str =
     "attribute_not_exists(pk) OR expires_at < :now_s OR (#st = :claimed AND lease_until < :now_ms)";
 
 #[derive(Clone, Debug)]

@@ -96,6 +96,8 @@ pub struct MemoryQueue {
     pub entry_rules: Mutex<HashMap<String, VecDeque<EntryOutcome>>>,
     /// Whole-request failures for the next calls.
     pub request_failures: Mutex<VecDeque<PortError>>,
+    /// Every call after the first N fails with this error (a queue deleted mid-pass).
+    pub fail_after: Mutex<Option<(u32, PortError)>>,
     pub fifo: bool,
     pub max_bytes: usize,
     pub calls: Mutex<u32>,
@@ -109,6 +111,7 @@ impl MemoryQueue {
             accepted: Mutex::default(),
             entry_rules: Mutex::default(),
             request_failures: Mutex::default(),
+            fail_after: Mutex::default(),
             fifo: false,
             max_bytes: 1024 * 1024,
             calls: Mutex::new(0),
@@ -130,10 +133,19 @@ impl Queue for MemoryQueue {
         entries: &[Outgoing],
         _deadline: Instant,
     ) -> Result<Vec<EntryOutcome>, PortError> {
-        *lock(&self.calls) += 1;
+        let call = {
+            let mut calls = lock(&self.calls);
+            *calls += 1;
+            *calls
+        };
         assert!(entries.len() <= 10, "more than 10 entries in one batch");
         if let Some(e) = lock(&self.request_failures).pop_front() {
             return Err(e);
+        }
+        if let Some((after, e)) = lock(&self.fail_after).as_ref() {
+            if call > *after {
+                return Err(e.clone());
+            }
         }
         let mut out = Vec::new();
         for e in entries {
@@ -174,7 +186,7 @@ pub struct MemoryStore {
     pub records: Mutex<HashMap<String, Record>>,
     /// Claims fail with this error (e.g. throttling, missing table).
     pub fail_claims: Mutex<Option<PortError>>,
-    /// Simulated clock skew for expiry checks, seconds added to "now".
+    /// Claims released so far.
     pub releases: Mutex<u32>,
 }
 

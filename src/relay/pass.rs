@@ -616,6 +616,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
 
         // 3. Enqueue what we claimed.
         let mut done: Vec<(String, bool)> = Vec::new();
+        let mut to_release: Vec<String> = Vec::new();
         let sent = self.send_all(shared, &self.queue, to_send, deadline).await;
         for (id, result) in sent {
             let Some(m) = by_id.remove(&id) else { continue };
@@ -641,7 +642,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                         reason,
                         "enqueue failed: releasing the claim for redelivery"
                     );
-                    self.release(&id, &shared.owner).await;
+                    to_release.push(id);
                     counts.deferred += 1;
                 }
                 Sent::Unknown(reason) => {
@@ -700,7 +701,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                         reason,
                         "parking failed: leaving the message for redelivery"
                     );
-                    self.release(&id, &shared.owner).await;
+                    to_release.push(id);
                     counts.deferred += 1;
                 }
                 Sent::Unknown(reason) => {
@@ -714,6 +715,8 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                 }
             }
         }
+
+        self.release_all(to_release, &shared.owner, deadline).await;
 
         // 5. Record completion. A failure here only weakens dedup for a redelivery; the
         //    messages are safe in SQS, so they are still confirmed.
@@ -746,7 +749,6 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         if !confirm_ids.is_empty() {
             tracing::debug!(group, ids = ?confirm_ids, "confirming");
             let group_param = (!group_name.is_empty()).then_some(group_name);
-            // Confirms get a little past the consume budget: they are what makes work stick.
             for chunk in self.tmc.confirm(group_param, &confirm_ids, deadline).await {
                 match chunk.result {
                     Ok(true) => counts.confirmed += chunk.ids.len() as u64,
@@ -902,22 +904,29 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         results
     }
 
-    async fn release(&self, id: &str, owner: &str) {
-        // Bounded: a release that cannot happen in time is replaced by the lease running out.
-        let r = match tokio::time::timeout(Duration::from_secs(3), self.store.release(id, owner))
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(PortError::new(
-                "DeleteItem",
-                Severity::Retryable,
-                "timed out",
-            )),
-        };
-        if let Err(e) = r {
-            // The claim then frees itself when its lease ends.
-            tracing::warn!(id, error = %e, "could not release claim; it expires with its lease");
+    /// Gives up the claims of messages that failed, concurrently and within the pass deadline:
+    /// a release that cannot happen in time is replaced by the claim's lease running out.
+    async fn release_all(&self, ids: Vec<String>, owner: &str, deadline: Instant) {
+        if ids.is_empty() {
+            return;
         }
+        let until = deadline.min(Instant::now() + Duration::from_secs(3));
+        stream::iter(ids)
+            .for_each_concurrent(self.settings.parallelism.max(1), |id| async move {
+                let r = match tokio::time::timeout_at(until, self.store.release(&id, owner)).await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(PortError::new(
+                        "DeleteItem",
+                        Severity::Retryable,
+                        "no answer before the pass deadline",
+                    )),
+                };
+                if let Err(e) = r {
+                    tracing::warn!(id, error = %e, "could not release claim; it expires with its lease");
+                }
+            })
+            .await;
     }
 
     fn note_port_error(&self, shared: &PassShared, e: &PortError) {

@@ -543,6 +543,94 @@ async fn limits_stop_the_pass() {
     );
 }
 
+/// With four loops on one group, max_batches and max_messages are shared: the loops together
+/// consume no more batches than allowed.
+#[tokio::test]
+async fn limits_hold_across_concurrent_loops() {
+    let (r, _) = relay();
+    for i in 0..10 {
+        r.tmc
+            .push(Ok((i * 10 + 1..=i * 10 + 10).map(msg).collect()));
+    }
+    let rep = r
+        .run(PassOptions {
+            concurrency: 4,
+            max_batches: Some(3),
+            ..opts()
+        })
+        .await;
+    assert_eq!(
+        (rep.counts.batches, rep.stop_reason),
+        (3, StopReason::MaxBatches)
+    );
+    assert_eq!(*r.tmc.consumes.lock().unwrap(), 3);
+    assert_eq!(rep.counts.enqueued, 30);
+
+    // 25 messages at 10 per consume: three consumes (the last asks for the minimum, 10).
+    let rep = r
+        .run(PassOptions {
+            concurrency: 4,
+            quantity: 10,
+            max_messages: Some(25),
+            ..opts()
+        })
+        .await;
+    assert_eq!(rep.stop_reason, StopReason::MaxMessages);
+    assert_eq!(*r.tmc.consumes.lock().unwrap(), 6);
+    assert_eq!(rep.counts.consumed, 30);
+}
+
+/// A fatal error stops the pass, but what was already safely enqueued is still confirmed: the
+/// relay queue disappears after its first request, so one batch is in SQS and the other is not.
+#[tokio::test]
+async fn fatal_error_still_confirms_what_is_safe() {
+    let (r, log) = relay();
+    *r.queue.fail_after.lock().unwrap() = Some((
+        1,
+        PortError::new(
+            "SendMessageBatch",
+            Severity::Fatal,
+            "QueueDoesNotExist: The specified queue does not exist",
+        ),
+    ));
+    r.tmc.push(Ok((1..=10).map(msg).collect()));
+    r.tmc.push(Ok((11..=20).map(msg).collect()));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.stop_reason, StopReason::Fatal);
+    assert!(rep.error.as_deref().unwrap().contains("RELAY_QUEUE_URL"));
+    assert_eq!(
+        (
+            rep.counts.enqueued,
+            rep.counts.confirmed,
+            rep.counts.deferred
+        ),
+        (10, 10, 10)
+    );
+    let mut ids: Vec<String> = confirmed(&log).iter().map(u64::to_string).collect();
+    ids.sort_unstable();
+    let mut accepted = r.queue.ids();
+    accepted.sort_unstable();
+    assert_eq!(ids, accepted);
+    assert_confirmed_after_acceptance(&log);
+}
+
+/// Follow mode waits at least 100 ms after an empty poll, whatever it is configured to.
+#[tokio::test(start_paused = true)]
+async fn follow_mode_backs_off_at_least_100_ms() {
+    let (r, _) = relay();
+    let rep = r
+        .run(PassOptions {
+            mode: Mode::Follow,
+            deadline: Instant::now() + Duration::from_secs(2),
+            empty_backoff: Duration::ZERO,
+            ..opts()
+        })
+        .await;
+    assert_eq!(rep.stop_reason, StopReason::Budget);
+    let polls = rep.counts.empty_polls;
+    assert!((1..=20).contains(&polls), "{polls} empty polls in 2 s");
+}
+
 /// With no time left the pass stops for budget before consuming.
 #[tokio::test]
 async fn budget_stops_the_pass() {
