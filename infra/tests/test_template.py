@@ -70,8 +70,16 @@ def expected_grants() -> set[tuple[str, str]]:
     return grants
 
 
-# SAM adds this managed policy (CloudWatch Logs) to the function's role; nothing else is allowed.
-SAM_LOGGING_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+# The function's role is explicit (SAM's generated role would carry the managed
+# AWSLambdaBasicExecutionRole, which may write to any log group). Logging is granted on the
+# function's own log group; Lambda names the streams, so this suffix is the one wildcard allowed.
+OWN_LOG_STREAMS = (
+    "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:${RelayLogGroup}:log-stream:*"
+)
+LOG_GRANTS = {
+    ("logs:CreateLogStream", f"Sub {OWN_LOG_STREAMS}"),
+    ("logs:PutLogEvents", f"Sub {OWN_LOG_STREAMS}"),
+}
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -126,6 +134,8 @@ def describe(ref) -> str:
             return "GetAtt " + (v if isinstance(v, str) else ".".join(v))
         if k == "Ref":
             return f"Ref {v}"
+        if k == "Fn::Sub" and isinstance(v, str):
+            return f"Sub {v}"
     return json.dumps(ref, sort_keys=True)
 
 
@@ -146,7 +156,10 @@ def statements(node):
 
 
 def contains_wildcard(value) -> bool:
-    """True if value is, or contains, a string with `*` (e.g. "*", "sqs:*", "arn:...:table/*")."""
+    """True if value is, or contains, a string with `*` (e.g. "*", "sqs:*", "arn:...:table/*"),
+    other than the function's own log streams."""
+    if isinstance(value, dict) and value == {"Fn::Sub": OWN_LOG_STREAMS}:
+        return False
     if isinstance(value, str):
         return "*" in value
     if isinstance(value, list):
@@ -167,17 +180,30 @@ def wildcard_problems(template: dict) -> list[str]:
     return problems
 
 
-def granted(template: dict) -> set[tuple[str, str]]:
-    """(action, resource) pairs the function's own policy statements allow."""
+def function_role(template: dict) -> dict:
+    """The function's explicit role (and the function uses it, with no SAM policies)."""
     props = function(template)["Properties"]
-    assert "Role" not in props, "the function must use the SAM-generated role built from Policies"
+    assert props.get("Role") == {"Fn::GetAtt": ["RelayFunctionRole", "Arn"]}, props.get("Role")
+    assert "Policies" not in props, "policies belong in RelayFunctionRole, not on the function"
+    role = template["Resources"]["RelayFunctionRole"]
+    assert role["Type"] == "AWS::IAM::Role"
+    return role["Properties"]
+
+
+def function_statements(template: dict) -> list:
+    """The statement list of the function role's one inline policy (tests edit it in place)."""
+    policies = function_role(template)["Policies"]
+    assert len(policies) == 1, policies
+    return policies[0]["PolicyDocument"]["Statement"]
+
+
+def granted(template: dict) -> set[tuple[str, str]]:
+    """(action, resource) pairs the function's role allows."""
+    role = function_role(template)
+    assert "ManagedPolicyArns" not in role, "no managed policies on the function's role"
     pairs = set()
-    for policy in as_list(props.get("Policies", [])):
-        assert isinstance(policy, dict) and "Statement" in policy, (
-            f"only inline policy documents are allowed in Policies (no managed policy names or "
-            f"SAM policy templates, which grant more than the code uses): {policy}"
-        )
-        for st in as_list(policy["Statement"]):
+    for policy in role["Policies"]:
+        for st in as_list(policy["PolicyDocument"]["Statement"]):
             assert st.get("Effect") == "Allow", f"unexpected statement {st}"
             for action in as_list(st["Action"]):
                 for resource in as_list(st["Resource"]):
@@ -201,28 +227,36 @@ def test_no_wildcard_action_or_resource_anywhere(template):
 
 
 def test_function_is_granted_exactly_what_the_code_calls(template):
-    """The function may send to its two queues, use its table and read its secret: nothing more."""
-    assert granted(template) == expected_grants()
+    """The function may send to its two queues, use its table, read its secret and write its own
+    logs: nothing more."""
+    assert granted(template) == expected_grants() | LOG_GRANTS
 
 
 def test_the_checks_catch_a_wildcard_and_an_extra_grant(template):
     """The two checks above fail when someone widens the policy (so they are not vacuous)."""
     widened = copy.deepcopy(template)
-    stmts = function(widened)["Properties"]["Policies"][0]["Statement"]
-    stmts.append({"Effect": "Allow", "Action": "sqs:*", "Resource": "*"})
+    function_statements(widened).append({"Effect": "Allow", "Action": "sqs:*", "Resource": "*"})
     assert len(wildcard_problems(widened)) == len(wildcard_problems(template)) + 2
-    assert granted(widened) != expected_grants()
+    assert granted(widened) != expected_grants() | LOG_GRANTS
 
     extra = copy.deepcopy(template)
-    stmts = function(extra)["Properties"]["Policies"][0]["Statement"]
-    stmts.append({"Effect": "Allow", "Action": "dynamodb:Scan", "Resource": {"Fn::GetAtt": ["DedupTable", "Arn"]}})
+    function_statements(extra).append(
+        {"Effect": "Allow", "Action": "dynamodb:Scan", "Resource": {"Fn::GetAtt": ["DedupTable", "Arn"]}}
+    )
     assert wildcard_problems(extra) == []
-    assert granted(extra) - expected_grants() == {("dynamodb:Scan", "GetAtt DedupTable.Arn")}
+    assert granted(extra) - expected_grants() - LOG_GRANTS == {("dynamodb:Scan", "GetAtt DedupTable.Arn")}
+
+    # Any log group but the function's own is a wildcard.
+    other_logs = copy.deepcopy(template)
+    function_statements(other_logs).append(
+        {"Effect": "Allow", "Action": "logs:PutLogEvents", "Resource": {"Fn::Sub": "arn:${AWS::Partition}:logs:*"}}
+    )
+    assert len(wildcard_problems(other_logs)) == len(wildcard_problems(template)) + 1
 
 
 def test_sam_generated_roles_stay_least_privilege(template, monkeypatch):
-    """After the SAM transform (offline), every IAM role is free of wildcards, and the only
-    managed policy is SAM's logging policy on the function's role."""
+    """After the SAM transform (offline), every IAM role is free of wildcards (but the
+    function's own log streams), and no role has a managed policy."""
     from samtranslator.translator.transform import transform
 
     class NoManagedPolicies:
@@ -241,7 +275,7 @@ def test_sam_generated_roles_stay_least_privilege(template, monkeypatch):
 
     roles = resources_of(out, "AWS::IAM::Role")
     assert set(roles) == {"RelayFunctionRole", "RelayFunctionScheduleRole"}
-    assert roles["RelayFunctionRole"]["Properties"].get("ManagedPolicyArns") == [SAM_LOGGING_POLICY]
+    assert "ManagedPolicyArns" not in roles["RelayFunctionRole"]["Properties"]
     assert "ManagedPolicyArns" not in roles["RelayFunctionScheduleRole"]["Properties"]
     assert wildcard_problems({"Resources": roles}) == []
     assert not resources_of(out, "AWS::IAM::Policy") and not resources_of(out, "AWS::IAM::ManagedPolicy")
