@@ -38,9 +38,13 @@ main() {
         # moto serves one request at a time and slows with queue depth; AWS takes the default 32.
         export RELAY_PARALLELISM="${RELAY_PARALLELISM:-4}"
         exec "$TARGET_DIR/debug/tmc-relay" run --max-seconds "$MAX_SECONDS"
-    ) >"$RUN_DIR/report.json"
+    ) >"$RUN_DIR/report.json" || status=$?
     log "report ($(($(date +%s) - started)) s)"
     cat "$RUN_DIR/report.json"
+    if [ "${status:-0}" -ne 0 ]; then
+        log "tmc-relay run failed (exit $status): its error is above"
+        return "$status"
+    fi
 
     log "a few messages read back from the relay queue"
     "$VENV_PY" infra/local.py peek --endpoint "$MOTO_ENDPOINT" --queue-url "$RELAY_QUEUE_URL" --n 3
