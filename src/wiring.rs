@@ -150,6 +150,24 @@ async fn fetch_secret(sdk: &aws_config::SdkConfig, arn: &str) -> Result<Secret, 
     })
 }
 
+/// Lambda gives a function the equivalent of one vCPU per 1,769 MB of memory.
+const LAMBDA_MB_PER_VCPU: u64 = 1769;
+
+/// Runtime worker threads for a Lambda with `memory_mb` of memory on a machine showing
+/// `cores`: one per vCPU the memory buys (rounded, at least one, at most `cores`). A 256 MB
+/// function gets about 0.15 vCPU: a second worker only adds an allocator arena and
+/// cross-thread wake-ups (`make bench`: ~15 MiB more peak memory, more CPU per message).
+pub fn lambda_worker_threads(memory_mb: Option<u64>, cores: usize) -> usize {
+    let cores = cores.max(1);
+    match memory_mb {
+        Some(mb) => {
+            let vcpus = (mb.saturating_mul(2) + LAMBDA_MB_PER_VCPU) / (2 * LAMBDA_MB_PER_VCPU);
+            (vcpus as usize).clamp(1, cores)
+        }
+        None => cores,
+    }
+}
+
 /// The two accepted SecretString shapes.
 pub fn secret_from_string(raw: &str) -> Option<Secret> {
     let trimmed = raw.trim();
@@ -180,5 +198,19 @@ mod tests {
         );
         assert!(secret_from_string("").is_none());
         assert!(secret_from_string(r#"{"other":"x"}"#).is_none());
+    }
+
+    /// One worker per vCPU the function's memory buys, at least one, at most the cores seen.
+    #[test]
+    fn worker_threads_follow_lambda_memory() {
+        assert_eq!(lambda_worker_threads(Some(128), 2), 1);
+        assert_eq!(lambda_worker_threads(Some(256), 2), 1);
+        assert_eq!(lambda_worker_threads(Some(1769), 2), 1);
+        assert_eq!(lambda_worker_threads(Some(3008), 2), 2);
+        assert_eq!(lambda_worker_threads(Some(3538), 6), 2);
+        assert_eq!(lambda_worker_threads(Some(10_240), 6), 6);
+        assert_eq!(lambda_worker_threads(Some(10_240), 2), 2);
+        assert_eq!(lambda_worker_threads(None, 4), 4);
+        assert_eq!(lambda_worker_threads(Some(0), 0), 1);
     }
 }

@@ -31,6 +31,17 @@ fn message(i: u64) -> NewMessage {
     }
 }
 
+/// Confirms answer is_success=false: every message stays unconfirmed and will be redelivered.
+fn refuse_confirms(sim: &SimServer) {
+    sim.set_faults(Faults::none().with(
+        "taobao.tmc.messages.confirm",
+        MethodFaults {
+            confirm_false_rate: 1.0,
+            ..Default::default()
+        },
+    ));
+}
+
 fn run_opts(max_seconds: u64) -> Overrides {
     Overrides {
         max_seconds: Some(max_seconds),
@@ -116,14 +127,7 @@ async fn redelivery_is_confirmed_without_second_enqueue() {
     let env = Env::new(false).await;
     let (ids, _) = publish(&sim, 30).await;
     let app = env.app(&sim.gateway_url()).await;
-    // Confirms are refused: every message stays unconfirmed and will be redelivered.
-    sim.set_faults(Faults::none().with(
-        "taobao.tmc.messages.confirm",
-        MethodFaults {
-            confirm_false_rate: 1.0,
-            ..Default::default()
-        },
-    ));
+    refuse_confirms(&sim);
     let first = app.run(&run_opts(30), None, Default::default()).await;
     assert_eq!(
         (
@@ -462,13 +466,7 @@ async fn expired_dedup_record_counts_as_absent_on_dynamodb() {
     let env = Env::new(false).await;
     let (ids, _) = publish(&sim, 3).await;
     let app = env.app(&sim.gateway_url()).await;
-    sim.set_faults(Faults::none().with(
-        "taobao.tmc.messages.confirm",
-        MethodFaults {
-            confirm_false_rate: 1.0,
-            ..Default::default()
-        },
-    ));
+    refuse_confirms(&sim);
     let first = app.run(&run_opts(30), None, Default::default()).await;
     assert_eq!(first.counts.enqueued, 3, "{first:?}");
     // Age one record past its expiry; the others stay live.

@@ -10,10 +10,23 @@ use tokio::time::Instant;
 use tmc_relay::config::Config;
 use tmc_relay::invocation::{budget_from_deadline, Overrides};
 use tmc_relay::telemetry;
-use tmc_relay::wiring::App;
+use tmc_relay::wiring::{lambda_worker_threads, App};
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+fn main() -> Result<(), Error> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    // TOKIO_WORKER_THREADS, when set, wins (tokio reads it); otherwise one worker per vCPU.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let memory_mb = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        runtime.worker_threads(lambda_worker_threads(memory_mb, cores));
+    }
+    runtime.build()?.block_on(serve())
+}
+
+async fn serve() -> Result<(), Error> {
     telemetry::init();
     let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
     let app = Arc::new(
