@@ -59,7 +59,7 @@ async fn run_prints_the_report_and_exits_zero() {
         &env,
         &sim.gateway_url(),
         &[],
-        &["run", "--max-seconds", "30"],
+        &["run", "--max-seconds", "30", "--pipeline-depth", "1"],
     )
     .await;
     assert!(
@@ -88,6 +88,7 @@ async fn bad_options_consume_nothing() {
         (vec!["run", "--max-batches", "-1"], "-1"),
         (vec!["run", "--mode", "fast"], "fast"),
         (vec!["run", "--concurrency", "99"], "concurrency"),
+        (vec!["run", "--pipeline-depth", "17"], "pipeline-depth"),
     ] {
         let out = relay(&env, &sim.gateway_url(), &[], &args).await;
         assert!(!out.status.success(), "{args:?} was accepted");

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use tmc_relay::config::{Config, TopEnv};
 use tmc_relay::invocation::Overrides;
-use tmc_relay::relay::{Mode, Progress};
+use tmc_relay::relay::{Mode, Progress, RelaySettings};
 use tmc_relay::top::{ErrorClass, Secret, TopClient, TopError};
 use tmc_relay::wiring::{self, App};
 
@@ -80,6 +80,10 @@ struct RunArgs {
     /// Consume loops per group (overrides TMC_CONCURRENCY).
     #[arg(long)]
     concurrency: Option<u32>,
+    /// Batches processed while the next consume runs (default 4; 0 processes each batch
+    /// before the next consume). Lower it against a slow local emulator.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..=16))]
+    pipeline_depth: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -176,7 +180,13 @@ async fn run(args: RunArgs) -> Result<ExitCode, String> {
     };
     overrides.validate().map_err(|e| e.to_string())?;
     let config = Config::from_env().map_err(|e| e.to_string())?;
-    let app = App::build(config).await.map_err(|e| e.to_string())?;
+    let mut settings = RelaySettings::default();
+    if let Some(depth) = args.pipeline_depth {
+        settings.pipeline_depth = usize::from(depth);
+    }
+    let app = App::build_with(config, &wiring::aws_config().await, settings)
+        .await
+        .map_err(|e| e.to_string())?;
     let progress = Arc::new(Progress::default());
     let ticker = std::io::stderr().is_terminal().then(|| {
         let p = Arc::clone(&progress);
