@@ -459,6 +459,7 @@ impl Shape {
 mod tests {
     use super::*;
     use crate::top::clock::wire_timestamp;
+    use crate::top::sign::vectors;
 
     fn cfg() -> SimConfig {
         SimConfig {
@@ -473,22 +474,17 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_451_620_800)
     }
 
-    fn consume_params(sign_method: &str, signature: &str) -> Vec<(String, String)> {
-        [
-            ("app_key", "12345678"),
-            ("format", "json"),
-            ("group_name", "default"),
-            ("method", "taobao.tmc.messages.consume"),
-            ("quantity", "100"),
-            ("simplify", "true"),
-            ("timestamp", "2016-01-01 12:00:00"),
-            ("v", "2.0"),
-            ("sign_method", sign_method),
-            ("sign", signature),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    /// A documented vector's parameters plus `sign` (empty: none yet).
+    fn with_sign(params: vectors::Params, signature: &str) -> Vec<(String, String)> {
+        params
+            .into_iter()
+            .chain([("sign", signature)])
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn consume_params(sign_method: &'static str, signature: &str) -> Vec<(String, String)> {
+        with_sign(vectors::consume(sign_method), signature)
     }
 
     /// Re-signs after editing, so each check is reached on its own.
@@ -532,14 +528,7 @@ mod tests {
     /// The documented consume vectors verify with all three methods.
     #[test]
     fn documented_vectors_verify() {
-        for (m, s) in [
-            ("md5", "20D1D8AF228C3ED7FB3F147B33E1F12C"),
-            ("hmac", "BE9E78B05BCB49ABB4DB260C97FB1F37"),
-            (
-                "hmac-sha256",
-                "3990CE9413DE3BEC9D31F029C1F8B700B63BA35F42027A953A063EE447429AD0",
-            ),
-        ] {
+        for (m, s) in vectors::CONSUME {
             let p = RequestParams::from_pairs(consume_params(m, s));
             let v = verify_request(&p, &cfg(), vector_now()).unwrap();
             assert_eq!(v.method, "taobao.tmc.messages.consume");
@@ -554,25 +543,8 @@ mod tests {
     /// The documented confirm vectors verify with all three methods.
     #[test]
     fn confirm_vectors_verify() {
-        for (m, s) in [
-            ("md5", "F346836BAB35010740DD7462525A522F"),
-            ("hmac", "7FD9685B741DA07D0841CD9619211B47"),
-            (
-                "hmac-sha256",
-                "4B6E6DDB6D1603C12101617BF7EB1C0311756F151B2C02767FCD17B3C83843D8",
-            ),
-        ] {
-            let p = RequestParams::from_pairs([
-                ("app_key", "12345678"),
-                ("format", "json"),
-                ("group_name", "default"),
-                ("method", "taobao.tmc.messages.confirm"),
-                ("s_message_ids", "7104300007405429232,1172200053212681005"),
-                ("timestamp", "2016-01-01 12:00:00"),
-                ("v", "2.0"),
-                ("sign_method", m),
-                ("sign", s),
-            ]);
+        for (m, s) in vectors::CONFIRM {
+            let p = RequestParams::from_pairs(with_sign(vectors::confirm(m), s));
             assert!(verify_request(&p, &cfg(), vector_now()).is_ok(), "{m}");
         }
     }
@@ -582,44 +554,17 @@ mod tests {
     /// timestamp, the clock (31), never 25. An md5 signature sent as `hmac` is refused.
     #[test]
     fn remaining_vectors_pass_the_signature_check() {
-        let item = |m: &str, s: &str| {
-            RequestParams::from_pairs([
-                ("method", "taobao.item.seller.get"),
-                ("app_key", "12345678"),
-                ("session", "test"),
-                ("timestamp", "2016-01-01 12:00:00"),
-                ("format", "json"),
-                ("v", "2.0"),
-                ("sign_method", m),
-                ("fields", "num_iid,title,nick,price,num"),
-                ("num_iid", "11223344"),
-                ("sign", s),
-            ])
-        };
-        for (m, s) in [
-            ("md5", "66987CB115214E59E6EC978214934FB8"),
-            ("hmac", "D56D7858309C31B6251083A874D48273"),
-            (
-                "hmac-sha256",
-                "04DB15AD0774D5CFCE2C837DE43E3FCEA9011ED74F3038FB6AB5F3C4CEA119E8",
-            ),
-        ] {
+        let item = |m, s| RequestParams::from_pairs(with_sign(vectors::item_get(m), s));
+        for (m, s) in vectors::ITEM_GET {
             assert_eq!(code(&item(m, s)), 22, "{m}");
         }
         // The md5 signature under sign_method=hmac does not match.
-        assert_eq!(code(&item("hmac", "66987CB115214E59E6EC978214934FB8")), 25);
+        assert_eq!(code(&item("hmac", vectors::ITEM_GET[0].1)), 25);
 
-        let utf8 = RequestParams::from_pairs([
-            ("method", "taobao.user.get"),
-            ("timestamp", "2011-07-01 13: 52:03"),
-            ("format", "xml"),
-            ("app_key", "test"),
-            ("v", "2.0"),
-            ("fields", "nick,location.state,location.city"),
-            ("nick", "商家测试帐号17"),
-            ("sign_method", "md5"),
-            ("sign", "990FD28323F67A1EEC29336EDF373C0E"),
-        ]);
+        let utf8 = RequestParams::from_pairs(with_sign(
+            vectors::user_get_utf8(),
+            vectors::USER_GET_UTF8_MD5,
+        ));
         let test_app = SimConfig {
             app_key: "test".into(),
             app_secret: "test".into(),

@@ -122,11 +122,41 @@ fn upper_hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The signing test vectors of the protocol notes, shared by the client's and the simulator's
+/// tests: (sign_method, expected sign) per parameter set.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod vectors {
+    pub type Params = Vec<(&'static str, &'static str)>;
 
-    fn item_get(method: &'static str) -> Vec<(&'static str, &'static str)> {
+    pub const ITEM_GET: [(&str, &str); 3] = [
+        ("md5", "66987CB115214E59E6EC978214934FB8"),
+        ("hmac", "D56D7858309C31B6251083A874D48273"),
+        (
+            "hmac-sha256",
+            "04DB15AD0774D5CFCE2C837DE43E3FCEA9011ED74F3038FB6AB5F3C4CEA119E8",
+        ),
+    ];
+    pub const CONSUME: [(&str, &str); 3] = [
+        ("md5", "20D1D8AF228C3ED7FB3F147B33E1F12C"),
+        ("hmac", "BE9E78B05BCB49ABB4DB260C97FB1F37"),
+        (
+            "hmac-sha256",
+            "3990CE9413DE3BEC9D31F029C1F8B700B63BA35F42027A953A063EE447429AD0",
+        ),
+    ];
+    pub const CONFIRM: [(&str, &str); 3] = [
+        ("md5", "F346836BAB35010740DD7462525A522F"),
+        ("hmac", "7FD9685B741DA07D0841CD9619211B47"),
+        (
+            "hmac-sha256",
+            "4B6E6DDB6D1603C12101617BF7EB1C0311756F151B2C02767FCD17B3C83843D8",
+        ),
+    ];
+    /// md5 with secret `test`: proves values are signed as UTF-8.
+    pub const USER_GET_UTF8_MD5: &str = "990FD28323F67A1EEC29336EDF373C0E";
+
+    /// Secret `helloworld`.
+    pub fn item_get(method: &'static str) -> Params {
         vec![
             ("method", "taobao.item.seller.get"),
             ("app_key", "12345678"),
@@ -140,7 +170,8 @@ mod tests {
         ]
     }
 
-    fn consume(method: &'static str) -> Vec<(&'static str, &'static str)> {
+    /// Secret `helloworld`.
+    pub fn consume(method: &'static str) -> Params {
         vec![
             ("app_key", "12345678"),
             ("format", "json"),
@@ -154,7 +185,8 @@ mod tests {
         ]
     }
 
-    fn confirm(method: &'static str) -> Vec<(&'static str, &'static str)> {
+    /// Secret `helloworld`.
+    pub fn confirm(method: &'static str) -> Params {
         vec![
             ("app_key", "12345678"),
             ("format", "json"),
@@ -167,41 +199,9 @@ mod tests {
         ]
     }
 
-    fn hello() -> Secret {
-        Secret::new("helloworld")
-    }
-
-    /// The documented md5 vector for taobao.item.seller.get.
-    #[test]
-    fn md5_item_get_vector() {
-        assert_eq!(
-            sign(item_get("md5"), &hello(), SignMethod::Md5),
-            "66987CB115214E59E6EC978214934FB8"
-        );
-    }
-
-    /// The computed HMAC-MD5 vector for the same parameters.
-    #[test]
-    fn hmac_item_get_vector() {
-        assert_eq!(
-            sign(item_get("hmac"), &hello(), SignMethod::Hmac),
-            "D56D7858309C31B6251083A874D48273"
-        );
-    }
-
-    /// The computed HMAC-SHA256 vector for the same parameters.
-    #[test]
-    fn hmac_sha256_item_get_vector() {
-        assert_eq!(
-            sign(item_get("hmac-sha256"), &hello(), SignMethod::HmacSha256),
-            "04DB15AD0774D5CFCE2C837DE43E3FCEA9011ED74F3038FB6AB5F3C4CEA119E8"
-        );
-    }
-
-    /// The documented vector with a Chinese nick proves values are signed as UTF-8.
-    #[test]
-    fn md5_utf8_user_get_vector() {
-        let params = [
+    /// Secret `test`, app key `test`; the odd space in the timestamp is part of the vector.
+    pub fn user_get_utf8() -> Params {
+        vec![
             ("method", "taobao.user.get"),
             ("timestamp", "2011-07-01 13: 52:03"),
             ("format", "xml"),
@@ -210,53 +210,59 @@ mod tests {
             ("fields", "nick,location.state,location.city"),
             ("nick", "商家测试帐号17"),
             ("sign_method", "md5"),
-        ];
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vectors::*;
+    use super::*;
+
+    fn hello() -> Secret {
+        Secret::new("helloworld")
+    }
+
+    fn check(set: &str, params: fn(&'static str) -> Params, table: [(&'static str, &str); 3]) {
+        for (m, expected) in table {
+            let method: SignMethod = m.parse().unwrap();
+            assert_eq!(sign(params(m), &hello(), method), expected, "{set} {m}");
+        }
+    }
+
+    /// The item.seller.get vectors (md5 documented; hmac and hmac-sha256 computed).
+    #[test]
+    fn item_get_vectors() {
+        check("item.seller.get", item_get, ITEM_GET);
+    }
+
+    /// The documented vector with a Chinese nick proves values are signed as UTF-8.
+    #[test]
+    fn md5_utf8_user_get_vector() {
         assert_eq!(
-            sign(params, &Secret::new("test"), SignMethod::Md5),
-            "990FD28323F67A1EEC29336EDF373C0E"
+            sign(user_get_utf8(), &Secret::new("test"), SignMethod::Md5),
+            USER_GET_UTF8_MD5
         );
     }
 
     /// The consume vectors for all three methods.
     #[test]
     fn consume_vectors() {
-        assert_eq!(
-            sign(consume("md5"), &hello(), SignMethod::Md5),
-            "20D1D8AF228C3ED7FB3F147B33E1F12C"
-        );
-        assert_eq!(
-            sign(consume("hmac"), &hello(), SignMethod::Hmac),
-            "BE9E78B05BCB49ABB4DB260C97FB1F37"
-        );
-        assert_eq!(
-            sign(consume("hmac-sha256"), &hello(), SignMethod::HmacSha256),
-            "3990CE9413DE3BEC9D31F029C1F8B700B63BA35F42027A953A063EE447429AD0"
-        );
+        check("consume", consume, CONSUME);
     }
 
     /// The confirm vectors for all three methods.
     #[test]
     fn confirm_vectors() {
-        assert_eq!(
-            sign(confirm("md5"), &hello(), SignMethod::Md5),
-            "F346836BAB35010740DD7462525A522F"
-        );
-        assert_eq!(
-            sign(confirm("hmac"), &hello(), SignMethod::Hmac),
-            "7FD9685B741DA07D0841CD9619211B47"
-        );
-        assert_eq!(
-            sign(confirm("hmac-sha256"), &hello(), SignMethod::HmacSha256),
-            "4B6E6DDB6D1603C12101617BF7EB1C0311756F151B2C02767FCD17B3C83843D8"
-        );
+        check("confirm", confirm, CONFIRM);
     }
 
     /// The md5 formula applied to a parameter set that says `hmac` does not give the hmac signature.
     #[test]
     fn md5_formula_on_hmac_params_does_not_match() {
         let got = sign(item_get("hmac"), &hello(), SignMethod::Md5);
-        assert_ne!(got, "D56D7858309C31B6251083A874D48273");
-        assert_ne!(got, "66987CB115214E59E6EC978214934FB8");
+        assert_ne!(got, ITEM_GET[1].1);
+        assert_ne!(got, ITEM_GET[0].1);
     }
 
     /// A `sign` parameter already present is not itself signed.
