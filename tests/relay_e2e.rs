@@ -521,3 +521,32 @@ async fn concurrent_loops_in_one_pass_drain_exactly_once() {
     assert_eq!(got.len(), seen.len(), "an id was enqueued twice");
     assert_eq!(seen, ids.iter().map(u64::to_string).collect::<HashSet<_>>());
 }
+
+/// Each group reports its own elapsed time: an empty group finishes long before a busy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_group_reports_its_own_elapsed_time() {
+    let sim = sim(Duration::from_secs(300)).await;
+    let env = Env::new(false).await;
+    sim.create_group("quiet");
+    sim.publish(None, (0..200).map(message).collect());
+    let app = env.app(&sim.gateway_url()).await;
+    let ov = Overrides {
+        group_names: Some(vec!["default".into(), "quiet".into()]),
+        quantity: Some(10),
+        max_seconds: Some(60),
+        ..Overrides::default()
+    };
+    let report = app.run(&ov, None, Default::default()).await;
+    assert_eq!(report.counts.enqueued, 200, "{report:?}");
+    let elapsed: HashMap<_, _> = report
+        .groups
+        .iter()
+        .map(|g| (g.group.as_str(), g.elapsed_ms))
+        .collect();
+    assert!(
+        elapsed["quiet"] * 2 < elapsed["default"],
+        "{elapsed:?} (pass {} ms)",
+        report.elapsed_ms
+    );
+    assert!(elapsed["default"] <= report.elapsed_ms);
+}

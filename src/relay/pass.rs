@@ -215,9 +215,14 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             }
         }
         let mut ends: Vec<Vec<LoopEnd>> = groups.iter().map(|_| Vec::new()).collect();
+        // When each group's last loop ended: groups drain at their own pace.
+        let mut group_elapsed_ms: Vec<u64> = vec![0; groups.len()];
         while let Some(joined) = loops.join_next().await {
             match joined {
-                Ok((gi, end)) => ends[gi].push(end),
+                Ok((gi, end)) => {
+                    ends[gi].push(end);
+                    group_elapsed_ms[gi] = started.elapsed().as_millis() as u64;
+                }
                 Err(e) => shared.set_fatal(format!("a consume loop crashed: {e}")),
             }
         }
@@ -229,7 +234,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             .clone();
         let mut total = Counts::default();
         let mut group_reports = Vec::new();
-        for (g, ends) in groups.iter().zip(ends) {
+        for ((g, ends), group_elapsed) in groups.iter().zip(ends).zip(group_elapsed_ms) {
             let counts = g.counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
             total.add(&counts);
             let mut reason = ends
@@ -256,7 +261,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone(),
-                elapsed_ms,
+                elapsed_ms: group_elapsed,
             });
         }
         let stop_reason = group_reports
