@@ -218,15 +218,21 @@ impl TopEnv {
                 ))
             }
         };
-        let insecure = match opt("TOP_ALLOW_INSECURE_HTTP") {
-            None => false,
-            Some(v) => parse_bool(&v).ok_or_else(|| {
-                bad(
-                    "TOP_ALLOW_INSECURE_HTTP",
-                    format!("{v:?} is not true or false"),
-                )
-            })?,
+        let switch = |var: &'static str| match opt(var) {
+            None => Ok(false),
+            Some(v) => {
+                parse_bool(&v).ok_or_else(|| bad(var, format!("{v:?} is not true or false")))
+            }
         };
+        let insecure = switch("TOP_ALLOW_INSECURE_HTTP")?;
+        // The SDK reads these itself; they get the same rule as the gateway, with their own
+        // switch, so order data never goes to a remote host in plain text by accident.
+        let aws_insecure = switch(AWS_INSECURE_SWITCH)?;
+        for var in AWS_ENDPOINT_VARS {
+            if let Some(v) = opt(var) {
+                checked_url(var, &v, aws_insecure, AWS_INSECURE_SWITCH)?;
+            }
+        }
         let endpoint = parse_endpoint(
             &opt("TOP_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
             insecure,
@@ -269,22 +275,42 @@ fn parse_num(
     Ok(n)
 }
 
+/// Endpoint overrides the AWS SDK reads from the environment (checked, not used, here).
+pub const AWS_ENDPOINT_VARS: [&str; 4] = [
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_SQS",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+];
+/// Allows plain http to a non-loopback AWS endpoint (local emulators on another host).
+pub const AWS_INSECURE_SWITCH: &str = "AWS_ENDPOINT_ALLOW_INSECURE_HTTP";
+
 /// The gateway URL: https, or http to a loopback host (or anywhere, when explicitly allowed by
 /// `TOP_ALLOW_INSECURE_HTTP`, whose name says what it does).
 pub fn parse_endpoint(v: &str, allow_insecure: bool) -> Result<Url, ConfigError> {
-    let url =
-        Url::parse(v).map_err(|e| bad("TOP_ENDPOINT", format!("{v:?} is not a URL ({e})")))?;
+    checked_url("TOP_ENDPOINT", v, allow_insecure, "TOP_ALLOW_INSECURE_HTTP")
+}
+
+/// An endpoint URL in `var`: https, or http to a loopback host, or http anywhere when the
+/// setting `switch` allows it.
+fn checked_url(
+    var: &'static str,
+    v: &str,
+    allow_insecure: bool,
+    switch: &str,
+) -> Result<Url, ConfigError> {
+    let url = Url::parse(v).map_err(|e| bad(var, format!("{v:?} is not a URL ({e})")))?;
     if url.host().is_none() {
-        return Err(bad("TOP_ENDPOINT", format!("{v:?} has no host")));
+        return Err(bad(var, format!("{v:?} has no host")));
     }
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) || allow_insecure => Ok(url),
         "http" => Err(bad(
-            "TOP_ENDPOINT",
-            format!("{v:?} is plain http to a non-loopback host; use https or set TOP_ALLOW_INSECURE_HTTP=true"),
+            var,
+            format!("{v:?} is plain http to a non-loopback host; use https or set {switch}=true"),
         )),
-        other => Err(bad("TOP_ENDPOINT", format!("scheme {other:?} is not http or https"))),
+        other => Err(bad(var, format!("scheme {other:?} is not http or https"))),
     }
 }
 
@@ -409,7 +435,47 @@ mod tests {
         .unwrap();
         let listed: std::collections::BTreeSet<String> =
             ENV_VARS.iter().map(|v| v.to_string()).collect();
-        assert_eq!(asked.into_inner(), listed);
+        let mut asked = asked.into_inner();
+        // The standard AWS_* settings are checked for safety, never set by the template.
+        let aws: Vec<String> = asked
+            .iter()
+            .filter(|v| v.starts_with("AWS_"))
+            .cloned()
+            .collect();
+        assert!(aws.contains(&"AWS_ENDPOINT_URL".to_owned()), "{aws:?}");
+        asked.retain(|v| !v.starts_with("AWS_"));
+        assert_eq!(asked, listed);
+    }
+
+    /// AWS endpoint overrides follow the gateway's rule: https, loopback http, or http with the
+    /// insecure switch; a bad one is named.
+    #[test]
+    fn aws_endpoints_need_https_off_loopback() {
+        for ok in [
+            "https://sqs.example.com",
+            "http://127.0.0.1:5000",
+            "http://localhost:4566",
+            "http://[::1]:5000",
+        ] {
+            let mut m = base();
+            m.insert("AWS_ENDPOINT_URL", ok);
+            assert!(load(&m).is_ok(), "{ok}");
+        }
+        let e = err(&[("AWS_ENDPOINT_URL_SQS", "http://10.0.0.5:4566")]);
+        assert_eq!(e.var, "AWS_ENDPOINT_URL_SQS");
+        assert!(e.problem.contains(AWS_INSECURE_SWITCH), "{e}");
+        assert_eq!(
+            err(&[("AWS_ENDPOINT_URL", "not a url")]).var,
+            "AWS_ENDPOINT_URL"
+        );
+        let mut m = base();
+        m.insert("AWS_ENDPOINT_URL_DYNAMODB", "http://10.0.0.5:4566");
+        m.insert(AWS_INSECURE_SWITCH, "true");
+        assert!(load(&m).is_ok());
+        assert_eq!(
+            err(&[(AWS_INSECURE_SWITCH, "maybe")]).var,
+            AWS_INSECURE_SWITCH
+        );
     }
 
     /// Each bad value is refused with its variable named.

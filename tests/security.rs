@@ -684,6 +684,18 @@ async fn binaries_refuse_plain_http_to_a_remote_gateway() {
             "{args:?}: {err}"
         );
     }
+    // The same for an AWS endpoint override, with its own switch.
+    let mut vars = admin_vars("http://127.0.0.1:9/router/rest", "debug");
+    vars.insert("AWS_ENDPOINT_URL".into(), "http://sqs.example.com".into());
+    for args in [vec!["groups", "list"], vec!["run", "--max-seconds", "1"]] {
+        let out = tmc_relay(&vars, &args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("AWS_ENDPOINT_URL") && err.contains("AWS_ENDPOINT_ALLOW_INSECURE_HTTP"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// Reads one HTTP/1.1 request (headers and a Content-Length body).
