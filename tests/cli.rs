@@ -141,3 +141,54 @@ async fn fatal_error_exits_one_and_says_what_to_fix() {
     assert_eq!(report["stop_reason"], "fatal");
     assert_no_secret(&out);
 }
+
+/// On a terminal, a long run shows a progress line on stderr; piped, it shows none (the
+/// terminal comes from `script`, which runs the command on a pseudo-terminal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_line_only_on_a_terminal() {
+    let sim = sim(Duration::from_secs(300)).await;
+    let env = Env::new(false).await;
+    sim.set_faults(tmc_relay::sim::Faults::none().with(
+        "taobao.tmc.messages.consume",
+        tmc_relay::sim::MethodFaults {
+            latency: Duration::from_millis(400),
+            ..Default::default()
+        },
+    ));
+    sim.publish(None, (0..40).map(msg).collect());
+    let command = format!(
+        "{} run --max-seconds 30 --quantity 10",
+        env!("CARGO_BIN_EXE_tmc-relay")
+    );
+    let out = tokio::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_clear()
+        .envs(env.vars(&sim.gateway_url()))
+        .env("RUST_LOG", "warn")
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .await
+        .expect("script (util-linux) runs");
+    assert!(out.status.success(), "{out:?}");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        screen.contains("consumed") && screen.contains("confirmed"),
+        "no progress line on the terminal: {screen}"
+    );
+    assert!(screen.contains(r#""enqueued": 40"#), "{screen}");
+    assert_no_secret(&out);
+
+    sim.publish(None, (40..60).map(msg).collect());
+    let piped = relay(
+        &env,
+        &sim.gateway_url(),
+        &[("RUST_LOG", "warn")],
+        &["run", "--max-seconds", "30", "--quantity", "10"],
+    )
+    .await;
+    assert!(piped.status.success());
+    assert!(
+        !String::from_utf8_lossy(&piped.stderr).contains("consumed"),
+        "progress written to a pipe"
+    );
+}
