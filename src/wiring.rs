@@ -151,7 +151,7 @@ async fn fetch_secret(sdk: &aws_config::SdkConfig, arn: &str) -> Result<Secret, 
 }
 
 /// Lambda gives a function the equivalent of one vCPU per 1,769 MB of memory.
-const LAMBDA_MB_PER_VCPU: u64 = 1769;
+pub const LAMBDA_MB_PER_VCPU: u64 = 1769;
 
 /// Runtime worker threads for a Lambda with `memory_mb` of memory on a machine showing
 /// `cores`: one per vCPU the memory buys (rounded, at least one, at most `cores`). A 256 MB

@@ -47,10 +47,8 @@ const CONFIRM_MS: u64 = 30;
 const SQS_MS: u64 = 10;
 const DYNAMODB_MS: u64 = 8;
 
-/// The deployed function's memory setting (template.yaml `MemorySize`) and the memory at which
-/// Lambda gives a function one full vCPU.
+/// The deployed function's memory setting (template.yaml `MemorySize`).
 const LAMBDA_MB: f64 = 256.0;
-const LAMBDA_MB_PER_VCPU: f64 = 1769.0;
 
 /// List prices, us-east-1, on-demand (USD).
 const PRICE_DATE: &str =
@@ -615,7 +613,7 @@ fn print_cost(u: &Usage, instr_per_msg: Option<f64>) {
     let sqs_cost = u.sqs * SQS_PER_M_REQUESTS;
     let wru_cost = u.wru * DDB_PER_M_WRU;
     let rru_cost = u.rru * DDB_PER_M_RRU;
-    let vcpu = LAMBDA_MB / LAMBDA_MB_PER_VCPU;
+    let vcpu = LAMBDA_MB / tmc_relay::wiring::LAMBDA_MB_PER_VCPU as f64;
     let secs_measured = m / u.rate;
     let secs_cpu_bound = m * u.relay_cpu / vcpu;
     let lambda_secs = secs_measured.max(secs_cpu_bound);
