@@ -206,18 +206,23 @@ async fn retryable_failures_defer_without_blocking_others() {
     );
 }
 
-/// A send whose outcome is unknown (timeout) keeps its claim: a redelivery inside the lease is
-/// not enqueued again, and nothing is confirmed.
-#[tokio::test]
-async fn unknown_outcome_keeps_the_claim() {
-    let (r, log) = relay();
-    for _ in 0..3 {
+fn time_out_sends(r: &TestRelay, n: usize) {
+    for _ in 0..n {
         r.queue
             .request_failures
             .lock()
             .unwrap()
             .push_back(PortError::ambiguous("SendMessageBatch", "timed out"));
     }
+}
+
+/// A send whose outcome is unknown (timeout) keeps its claim: a redelivery inside the lease is
+/// not enqueued again, and nothing is confirmed. On a standard queue it is sent again once, not
+/// on every attempt: each blind resend may be one more copy.
+#[tokio::test]
+async fn unknown_outcome_keeps_the_claim() {
+    let (r, log) = relay();
+    time_out_sends(&r, 3);
     r.tmc.push(Ok(vec![msg(1)]));
     let rep = r.run(opts()).await;
     assert_eq!(rep.counts.deferred, 1);
@@ -228,6 +233,40 @@ async fn unknown_outcome_keeps_the_claim() {
         "claim kept, not released"
     );
     assert_eq!(*r.store.releases.lock().unwrap(), 0);
+    assert_eq!(*r.queue.calls.lock().unwrap(), 2, "one blind resend");
+}
+
+/// One timeout is resent and goes through on a standard queue; on a FIFO queue, which drops a
+/// repeated MessageDeduplicationId, every attempt is used.
+#[tokio::test]
+async fn unknown_outcome_resends_once_on_standard_all_attempts_on_fifo() {
+    let (r, log) = relay();
+    time_out_sends(&r, 1);
+    r.tmc.push(Ok(vec![msg(1)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.enqueued, rep.counts.deferred), (1, 0));
+    assert_eq!(confirmed(&log), vec![1]);
+
+    let log = EventLog::default();
+    let mut queue = MemoryQueue::new("relay", log.clone());
+    queue.fifo = true;
+    let fifo = Relay {
+        tmc: MemoryTmc::new(log.clone()),
+        queue,
+        parking: MemoryQueue::new("parking", log.clone()),
+        store: MemoryStore::default(),
+        settings: RelaySettings {
+            max_send_attempts: 3,
+            ..RelaySettings::default()
+        },
+    };
+    let fifo = Arc::new(fifo);
+    time_out_sends(&fifo, 2);
+    fifo.tmc.push(Ok(vec![msg(1)]));
+    let rep = fifo.run(opts()).await;
+    assert_eq!((rep.counts.enqueued, rep.counts.deferred), (1, 0));
+    assert_eq!(*fifo.queue.calls.lock().unwrap(), 3);
+    assert_eq!(confirmed(&log), vec![1]);
 }
 
 /// A definite retryable failure (throttling answered by SQS) releases the claim at the end.
