@@ -674,27 +674,24 @@ fn plain_http_needs_true_loopback_or_the_insecure_switch() {
 /// The binaries refuse a plain-http, non-loopback gateway before any request, naming the switch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binaries_refuse_plain_http_to_a_remote_gateway() {
-    let vars = admin_vars("http://gw.api.taobao.com/router/rest", "debug");
-    for args in [vec!["groups", "list"], vec!["run", "--max-seconds", "1"]] {
-        let out = tmc_relay(&vars, &args).await;
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("TOP_ENDPOINT") && err.contains("TOP_ALLOW_INSECURE_HTTP"),
-            "{args:?}: {err}"
-        );
-    }
+    let remote_gateway = admin_vars("http://gw.api.taobao.com/router/rest", "debug");
     // The same for an AWS endpoint override, with its own switch.
-    let mut vars = admin_vars("http://127.0.0.1:9/router/rest", "debug");
-    vars.insert("AWS_ENDPOINT_URL".into(), "http://sqs.example.com".into());
-    for args in [vec!["groups", "list"], vec!["run", "--max-seconds", "1"]] {
-        let out = tmc_relay(&vars, &args).await;
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("AWS_ENDPOINT_URL") && err.contains("AWS_ENDPOINT_ALLOW_INSECURE_HTTP"),
-            "{args:?}: {err}"
-        );
+    let mut remote_aws = admin_vars("http://127.0.0.1:9/router/rest", "debug");
+    remote_aws.insert("AWS_ENDPOINT_URL".into(), "http://sqs.example.com".into());
+    for (vars, var, switch) in [
+        (remote_gateway, "TOP_ENDPOINT", "TOP_ALLOW_INSECURE_HTTP"),
+        (
+            remote_aws,
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_ALLOW_INSECURE_HTTP",
+        ),
+    ] {
+        for args in [vec!["groups", "list"], vec!["run", "--max-seconds", "1"]] {
+            let out = tmc_relay(&vars, &args).await;
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(var) && err.contains(switch), "{args:?}: {err}");
+        }
     }
 }
 
