@@ -40,7 +40,7 @@ pub fn init() {
 /// `FunctionName` dimension.
 pub fn emf(report: &Report, function_name: &str, timestamp_ms: u64) -> Value {
     let c = &report.counts;
-    let counts: [(&str, u64); 13] = [
+    let counts: [(&str, u64); 16] = [
         ("Consumed", c.consumed),
         ("Enqueued", c.enqueued),
         ("Duplicates", c.duplicates),
@@ -52,6 +52,9 @@ pub fn emf(report: &Report, function_name: &str, timestamp_ms: u64) -> Value {
         ("Batches", c.batches),
         ("EmptyPolls", c.empty_polls),
         ("HeldElsewhere", c.held_elsewhere),
+        ("UnknownOutcome", c.unknown_outcome),
+        ("Timeouts", report.timeouts),
+        ("Throttles", report.throttles),
         (
             "RateLimited",
             u64::from(report.stop_reason == crate::relay::StopReason::RateLimited),
@@ -73,6 +76,15 @@ pub fn emf(report: &Report, function_name: &str, timestamp_ms: u64) -> Value {
     if let Some(age) = report.oldest_message_age_seconds {
         metrics.push(json!({"Name": "OldestMessageAgeSeconds", "Unit": "Seconds"}));
         doc.insert("OldestMessageAgeSeconds".into(), json!(age));
+    }
+    for (name, latency) in [
+        ("SqsLatencyMs", report.flow.sqs.latency_ms),
+        ("DynamoDbLatencyMs", report.flow.dynamodb.latency_ms),
+    ] {
+        if let Some(ms) = latency {
+            metrics.push(json!({"Name": name, "Unit": "Milliseconds"}));
+            doc.insert(name.into(), json!(ms));
+        }
     }
     if let Some(l) = report.batch_latency_ms {
         metrics.push(json!({"Name": "BatchLatencyMs", "Unit": "Milliseconds"}));
@@ -112,6 +124,9 @@ mod tests {
             elapsed_ms: 120,
             oldest_message_age_seconds: Some(7),
             batch_latency_ms: Some(40),
+            timeouts: 3,
+            throttles: 0,
+            flow: Default::default(),
             usage: Default::default(),
             groups: vec![],
         };
@@ -129,6 +144,8 @@ mod tests {
         assert_eq!(v["Consumed"], 5);
         assert_eq!(v["Parked"], 1);
         assert_eq!(v["OldestMessageAgeSeconds"], 7);
+        assert_eq!(v["Timeouts"], 3);
+        assert_eq!(v["UnknownOutcome"], 0);
         assert_eq!(v["FunctionName"], "fn");
     }
 }

@@ -35,12 +35,13 @@ pub struct App {
     pub relay: Arc<AwsRelay>,
 }
 
-/// Loads the shared AWS configuration with timeouts (the SDK has no operation timeout by default).
+/// Loads the shared AWS configuration with timeouts (the SDK has no operation timeout by
+/// default). These serve the secret's one read; SQS and DynamoDB get [`relay_clients`].
 pub async fn aws_config() -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(2))
+                .connect_timeout(CONNECT_TIMEOUT)
                 .operation_attempt_timeout(Duration::from_secs(5))
                 .operation_timeout(Duration::from_secs(12))
                 .build(),
@@ -48,6 +49,35 @@ pub async fn aws_config() -> aws_config::SdkConfig {
         .retry_config(RetryConfig::standard().with_max_attempts(3))
         .load()
         .await
+}
+
+/// A connection that is not up by then was never sent anything: safe to retry.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The SQS and DynamoDB clients the relay sends through. They make one attempt per call and
+/// have no attempt timeout of their own: the relay's flow control gives every attempt its
+/// deadline from the latency it observes, and retries with its own budget-aware backoff.
+/// SDK retries or a fixed timeout here would resend what a slow endpoint already stored (one
+/// more copy on a standard queue) and add requests exactly when the endpoint is slowest.
+pub fn relay_clients(
+    sdk: &aws_config::SdkConfig,
+) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build();
+    let once = RetryConfig::standard().with_max_attempts(1);
+    let sqs = aws_sdk_sqs::config::Builder::from(sdk)
+        .retry_config(once.clone())
+        .timeout_config(timeouts.clone())
+        .build();
+    let ddb = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .retry_config(once)
+        .timeout_config(timeouts)
+        .build();
+    (
+        aws_sdk_sqs::Client::from_conf(sqs),
+        aws_sdk_dynamodb::Client::from_conf(ddb),
+    )
 }
 
 impl App {
@@ -64,23 +94,17 @@ impl App {
         mut settings: RelaySettings,
     ) -> Result<App, WiringError> {
         let tmc = top_client(&config.top, sdk).await?;
-        // No SDK-level retries for SQS: a send that timed out may have been stored, and the
-        // pass retries with its own budget-aware backoff, so retrying here too multiplies copies.
-        let sqs_conf = aws_sdk_sqs::config::Builder::from(sdk)
-            .retry_config(RetryConfig::standard().with_max_attempts(1))
-            .build();
-        let sqs = aws_sdk_sqs::Client::from_conf(sqs_conf);
-        let ddb = aws_sdk_dynamodb::Client::new(sdk);
+        let (sqs, ddb) = relay_clients(sdk);
         settings.retention = config.retention;
         settings.fifo_group_by = config.fifo_group_by;
         settings.parallelism = config.parallelism;
-        let relay = Relay {
+        let relay = Relay::new(
             tmc,
-            queue: SqsQueue::new(sqs.clone(), &config.relay_queue_url),
-            parking: SqsQueue::new(sqs, &config.parking_queue_url),
-            store: DynamoStore::new(ddb, &config.table),
+            SqsQueue::new(sqs.clone(), &config.relay_queue_url),
+            SqsQueue::new(sqs, &config.parking_queue_url),
+            DynamoStore::new(ddb, &config.table),
             settings,
-        };
+        );
         Ok(App {
             config,
             relay: Arc::new(relay),

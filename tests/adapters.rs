@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sqs::config::Credentials;
@@ -48,16 +50,19 @@ async fn retried_claim_after_a_lost_answer_is_still_ours() {
     let mut claimed = 0;
     for i in 0..40 {
         let id = format!("{}", 7_104_300_007_405_429_232u64 + i);
+        let token = format!("claim-{i}");
         let r = store
-            .claim(Claim {
-                id: &id,
-                owner: "pass-1",
-                lease_until_ms: now_ms + 60_000,
-                now_ms,
-                expires_at: now_ms / 1000 + 86_400,
-                topic: "t",
-                group: "default",
-            })
+            .claim(
+                Claim {
+                    id: &id,
+                    owner: "pass-1",
+                    token: &token,
+                    lease_until_ms: now_ms + 60_000,
+                    now_ms,
+                    expires_at: now_ms / 1000 + 86_400,
+                },
+                Instant::now() + Duration::from_secs(30),
+            )
             .await;
         match r {
             Ok(ClaimOutcome::Claimed) => claimed += 1,

@@ -98,18 +98,18 @@ impl Rig {
         let sim = sim(lease).await;
         let env = Env::new(false).await;
         let app = env.app(&sim.gateway_url()).await;
-        let relay = Arc::new(Relay {
-            tmc: client(top_config(&sim.gateway_url())),
-            queue: app.relay.queue.clone(),
-            parking: app.relay.parking.clone(),
-            store: app.relay.store.clone(),
+        let relay = Arc::new(Relay::new(
+            client(top_config(&sim.gateway_url())),
+            app.relay.queue.clone(),
+            app.relay.parking.clone(),
+            app.relay.store.clone(),
             // One batch at a time: a scripted consume is processed and confirmed before the
             // next consume reaches the simulator's real queue.
-            settings: RelaySettings {
+            RelaySettings {
                 pipeline_depth: 0,
                 ..RelaySettings::default()
             },
-        });
+        ));
         Rig { sim, env, relay }
     }
 
@@ -319,7 +319,6 @@ async fn consume_body_over_the_cap_is_refused_without_reading_it_all() {
     let mut cfg = top_config(&format!("http://{addr}/router/rest"));
     cfg.max_body_bytes = 1024 * 1024;
     cfg.retry.max_attempts = 1;
-    let started = std::time::Instant::now();
     let e = TopClient::new(cfg)
         .unwrap()
         .consume(None, 10, Instant::now() + Duration::from_secs(20))
@@ -344,7 +343,6 @@ async fn consume_body_over_the_cap_is_refused_without_reading_it_all() {
         written < 32 * 1024 * 1024,
         "the gateway wrote {written} bytes before the client hung up"
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 // ---------------------------------------------------------------------------------------------

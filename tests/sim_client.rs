@@ -441,7 +441,8 @@ async fn concurrent_consumers_get_disjoint_messages() {
     assert_eq!(sim.state().deliveries, 2000);
 }
 
-/// Ids and user ids above 2^53 come back and confirm with every digit intact.
+/// Ids and user ids above 2^53, up to the largest Java long, come back and confirm with every
+/// digit intact.
 #[tokio::test]
 async fn ids_beyond_2_pow_53_round_trip_exactly() {
     let sim = sim().await;
@@ -449,7 +450,7 @@ async fn ids_beyond_2_pow_53_round_trip_exactly() {
         (1u64 << 53) + 1,
         7_104_300_007_405_429_232,
         1_172_200_053_212_681_005,
-        u64::MAX,
+        i64::MAX as u64,
     ];
     let msgs = big
         .iter()
@@ -477,6 +478,34 @@ async fn ids_beyond_2_pow_53_round_trip_exactly() {
     assert!(c.confirm_chunk(None, &big, deadline()).await.unwrap());
     let st = sim.state();
     assert_eq!((st.confirmed, st.unknown_confirms), (4, 0));
+}
+
+/// An id above i64::MAX is no TMC id: it comes back without an id (and why), and the client
+/// refuses to put it in a confirm, where it would fail the whole call.
+#[tokio::test]
+async fn ids_above_a_java_long_are_invalid() {
+    let sim = sim().await;
+    let above = i64::MAX as u64 + 1;
+    sim.publish(None, vec![msg("taobao_trade_TradeBuyerPay").with_id(above)]);
+    let c = client(&sim);
+    let got = c.consume(None, 10, deadline()).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, None);
+    assert!(
+        got[0]
+            .id_problem
+            .as_deref()
+            .unwrap()
+            .contains("largest TMC id"),
+        "{:?}",
+        got[0].id_problem
+    );
+    let e = c
+        .confirm_chunk(None, &[7_104_300_007_405_429_232, above], deadline())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TopError::InvalidRequest { .. }), "{e:?}");
+    assert_eq!(sim.state().confirm_calls, 0, "nothing was sent");
 }
 
 /// HTTP 502 is transient: retried up to the policy, then reported with its status.
@@ -657,14 +686,13 @@ async fn retries_stop_at_the_deadline() {
         cap: Duration::from_millis(200),
     };
     let client = TopClient::new(cfg).unwrap();
-    let started = std::time::Instant::now();
     let e = client
         .consume(None, 10, Instant::now() + Duration::from_millis(500))
         .await
         .unwrap_err();
     assert_eq!(e.class(), ErrorClass::Transient);
-    let took = started.elapsed();
-    assert!(took < Duration::from_millis(900), "{took:?}");
+    // The policy allowed 50 attempts (10 s of pauses): stopping well short of them is the
+    // deadline at work.
     let calls = sim.state().consume_calls;
     assert!((1..50).contains(&calls), "{calls} calls");
 }
@@ -991,18 +1019,20 @@ proptest! {
     }
 }
 
-/// With 100,000 messages queued, a consume of 200 stays fast.
+/// With 100,000 messages queued, consumes of 200 hand out the oldest first, each once. (How
+/// fast they stay is measured by `make bench`, not here.)
 #[tokio::test]
-async fn deep_queue_consume_stays_fast() {
+async fn deep_queue_consume_hands_out_in_order() {
     let sim = sim().await;
-    sim.publish(None, (0..100_000).map(|_| msg("a")).collect());
+    let ids = sim.publish(None, (0..100_000).map(|_| msg("a")).collect());
     let c = client(&sim);
-    let t = std::time::Instant::now();
+    let mut got = Vec::new();
     for _ in 0..20 {
-        assert_eq!(c.consume(None, 200, deadline()).await.unwrap().len(), 200);
+        let batch = c.consume(None, 200, deadline()).await.unwrap();
+        assert_eq!(batch.len(), 200);
+        got.extend(batch.iter().map(|m| m.id.unwrap()));
     }
-    let per_call = t.elapsed() / 20;
-    assert!(per_call < Duration::from_millis(250), "{per_call:?}");
+    assert_eq!(got, ids[..4000]);
 }
 
 /// Parameters are accepted in the query, in the form body, or split between them, and GET

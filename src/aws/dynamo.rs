@@ -1,27 +1,24 @@
 //! The dedup table on DynamoDB.
 //!
-//! One item per message id: `pk` (S, the id), `status` (`claimed` | `done` | `parked`), `owner`
-//! and `lease_until` (epoch ms) while claimed, `expires_at` (epoch s, the TTL attribute).
+//! One item per message id: `pk` (S, the id), `status` (`claimed` | `done` | `parked`), `owner`,
+//! `claim_token` and `lease_until` (epoch ms) while claimed, `expires_at` (epoch s, the TTL
+//! attribute). Each method is one request; the pass paces and retries them.
 //! TTL deletes late, so every condition also treats `expires_at < now` as absent.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConsumedCapacity, PutRequest, ReturnConsumedCapacity,
     ReturnValuesOnConditionCheckFailure, WriteRequest,
 };
-use futures::future::join_all;
 use tokio::time::Instant;
 
 use super::errors::port_error;
+use super::within;
 use super::Meter;
-use crate::relay::ports::{Claim, ClaimOutcome, DedupStore, PortError, Severity};
-
-/// `BatchWriteItem` takes at most 25 requests.
-const WRITE_CHUNK: usize = 25;
+use crate::relay::ports::{Claim, ClaimOutcome, DedupStore, PortError, Severity, COMPLETE_CHUNK};
 
 /// The claim condition: no live record. A record is dead when expired, or when it is a claim
 /// whose lease has ended (its holder died).
@@ -58,25 +55,6 @@ impl DynamoStore {
     }
 }
 
-/// A token no other claim call will produce: time, process, a counter and per-process
-/// randomness.
-fn claim_token() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    h.write_u64(n);
-    format!("{:016x}-{n}", h.finish())
-}
-
 fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
 }
@@ -86,25 +64,16 @@ fn n(v: u64) -> AttributeValue {
 }
 
 impl DedupStore for DynamoStore {
-    async fn claim(&self, c: Claim<'_>) -> Result<ClaimOutcome, PortError> {
-        // Unique to this call: if the SDK retries after a lost answer and finds our own first
-        // attempt's item, the token says it is ours (the owner alone cannot: one pass may meet
-        // the same id twice when TMC redelivers it mid-pass).
-        let token = claim_token();
-        let mut item = HashMap::from([
+    async fn claim(&self, c: Claim<'_>, deadline: Instant) -> Result<ClaimOutcome, PortError> {
+        // Only what the claim needs: a fixed, small item, whatever the message holds.
+        let item = HashMap::from([
             ("pk".to_owned(), s(c.id)),
             ("status".to_owned(), s("claimed")),
             ("owner".to_owned(), s(c.owner)),
-            ("claim_token".to_owned(), s(&token)),
+            ("claim_token".to_owned(), s(c.token)),
             ("lease_until".to_owned(), n(c.lease_until_ms)),
             ("expires_at".to_owned(), n(c.expires_at)),
         ]);
-        if !c.topic.is_empty() {
-            item.insert("topic".to_owned(), s(c.topic));
-        }
-        if !c.group.is_empty() {
-            item.insert("group_name".to_owned(), s(c.group));
-        }
         self.meter.request();
         let r = self
             .client
@@ -118,8 +87,8 @@ impl DedupStore for DynamoStore {
             .expression_attribute_values(":claimed", s("claimed"))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
+            .send();
+        let r = within(deadline, "PutItem", r).await?;
         match r {
             Ok(out) => {
                 self.record(out.consumed_capacity());
@@ -137,7 +106,8 @@ impl DedupStore for DynamoStore {
                             .and_then(|v| v.as_s().ok())
                             .map(String::as_str)
                     };
-                    if old("claim_token") == Some(token.as_str()) {
+                    // Our own earlier attempt, whose answer was lost.
+                    if old("claim_token") == Some(c.token) {
                         return Ok(ClaimOutcome::Claimed);
                     }
                     return Ok(match old("status") {
@@ -157,31 +127,64 @@ impl DedupStore for DynamoStore {
         expires_at: u64,
         deadline: Instant,
     ) -> Result<Vec<String>, PortError> {
-        let chunks = ids
-            .chunks(WRITE_CHUNK)
-            .map(|chunk| self.write_chunk(chunk, expires_at, deadline));
-        let mut failed = Vec::new();
-        for r in join_all(chunks).await {
-            failed.extend(r?);
+        let mut requests: Vec<WriteRequest> = Vec::with_capacity(ids.len());
+        for (id, parked) in ids.iter().take(COMPLETE_CHUNK) {
+            let put = PutRequest::builder()
+                .item("pk", s(id))
+                .item("status", s(if *parked { "parked" } else { "done" }))
+                .item("expires_at", n(expires_at))
+                .build()
+                .map_err(|e| {
+                    PortError::new("BatchWriteItem", Severity::Permanent, e.to_string())
+                })?;
+            requests.push(WriteRequest::builder().put_request(put).build());
         }
-        Ok(failed)
+        self.meter.request();
+        let call = self
+            .client
+            .batch_write_item()
+            .request_items(&self.table, requests)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send();
+        let out = within(deadline, "BatchWriteItem", call)
+            .await?
+            .map_err(|e| port_error("BatchWriteItem", &e))?;
+        for cc in out.consumed_capacity() {
+            self.record(Some(cc));
+        }
+        Ok(out
+            .unprocessed_items()
+            .and_then(|u| u.get(&self.table))
+            .map(|reqs| {
+                reqs.iter()
+                    .filter_map(|w| {
+                        w.put_request()
+                            .and_then(|p| p.item().get("pk"))
+                            .and_then(|v| v.as_s().ok())
+                            .cloned()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
-    async fn release(&self, id: &str, owner: &str) -> Result<(), PortError> {
+    async fn release(&self, id: &str, token: &str, deadline: Instant) -> Result<(), PortError> {
         self.meter.request();
-        let r = self
+        // Conditioned on this claim's token, not on the pass: a retried delete must never
+        // remove a fresh claim of the same id that a sibling batch made since.
+        let call = self
             .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(id))
-            .condition_expression("#ow = :me AND #st = :claimed")
-            .expression_attribute_names("#ow", "owner")
+            .condition_expression("#tk = :mine AND #st = :claimed")
+            .expression_attribute_names("#tk", "claim_token")
             .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":mine", s(token))
             .expression_attribute_values(":claimed", s("claimed"))
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
+            .send();
+        let r = within(deadline, "DeleteItem", call).await?;
         match r {
             Ok(out) => {
                 self.record(out.consumed_capacity());
@@ -196,73 +199,5 @@ impl DedupStore for DynamoStore {
             }
             Err(e) => Err(port_error("DeleteItem", &e)),
         }
-    }
-}
-
-impl DynamoStore {
-    /// Writes up to 25 completion records, retrying `UnprocessedItems` a few times.
-    async fn write_chunk(
-        &self,
-        chunk: &[(String, bool)],
-        expires_at: u64,
-        deadline: Instant,
-    ) -> Result<Vec<String>, PortError> {
-        let mut requests: Vec<WriteRequest> = Vec::with_capacity(chunk.len());
-        for (id, parked) in chunk {
-            let put = PutRequest::builder()
-                .item("pk", s(id))
-                .item("status", s(if *parked { "parked" } else { "done" }))
-                .item("expires_at", n(expires_at))
-                .build()
-                .map_err(|e| {
-                    PortError::new("BatchWriteItem", Severity::Permanent, e.to_string())
-                })?;
-            requests.push(WriteRequest::builder().put_request(put).build());
-        }
-        for attempt in 0..4u32 {
-            self.meter.request();
-            let call = self
-                .client
-                .batch_write_item()
-                .request_items(&self.table, requests.clone())
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send();
-            let out = match tokio::time::timeout_at(deadline, call).await {
-                Err(_) => {
-                    return Err(PortError::new(
-                        "BatchWriteItem",
-                        Severity::Retryable,
-                        "no answer before the pass deadline",
-                    ))
-                }
-                Ok(Err(e)) => return Err(port_error("BatchWriteItem", &e)),
-                Ok(Ok(out)) => out,
-            };
-            for cc in out.consumed_capacity() {
-                self.record(Some(cc));
-            }
-            requests = out
-                .unprocessed_items()
-                .and_then(|u| u.get(&self.table))
-                .cloned()
-                .unwrap_or_default();
-            if requests.is_empty() {
-                return Ok(Vec::new());
-            }
-            let pause = Duration::from_millis(50 << attempt);
-            if Instant::now() + pause >= deadline {
-                break;
-            }
-            tokio::time::sleep(pause).await;
-        }
-        Ok(requests
-            .iter()
-            .filter_map(|w| {
-                w.put_request()
-                    .and_then(|p| p.item().get("pk"))
-                    .and_then(|v| v.as_s().ok())
-                    .cloned()
-            })
-            .collect())
     }
 }

@@ -27,8 +27,8 @@ const FATAL: &[&str] = &[
     "KmsDisabled",
 ];
 
-/// Codes that go away with time.
-const RETRYABLE: &[&str] = &[
+/// Codes that mean "slow down": retryable, and a signal for flow control.
+const THROTTLING: &[&str] = &[
     "ThrottlingException",
     "Throttling",
     "RequestThrottled",
@@ -36,22 +36,31 @@ const RETRYABLE: &[&str] = &[
     "ProvisionedThroughputExceededException",
     "RequestLimitExceeded",
     "LimitExceededException",
+    "KmsThrottled",
+    "KMS.ThrottlingException",
+];
+
+/// Other codes that go away with time.
+const RETRYABLE: &[&str] = &[
     "ServiceUnavailable",
     "InternalError",
     "InternalFailure",
     "InternalServerError",
-    "KmsThrottled",
-    "KMS.ThrottlingException",
 ];
 
 /// Classifies an error code and HTTP status.
 pub fn severity_of(code: Option<&str>, status: Option<u16>) -> Severity {
     match code {
         Some(c) if FATAL.contains(&c) => Severity::Fatal,
-        Some(c) if RETRYABLE.contains(&c) => Severity::Retryable,
+        Some(c) if RETRYABLE.contains(&c) || THROTTLING.contains(&c) => Severity::Retryable,
         _ if status.is_some_and(|s| s >= 500 || s == 429) => Severity::Retryable,
         _ => Severity::Permanent,
     }
+}
+
+/// True when the service asked the caller to slow down (throttling codes, HTTP 429).
+pub fn is_throttling(code: Option<&str>, status: Option<u16>) -> bool {
+    code.is_some_and(|c| THROTTLING.contains(&c)) || status == Some(429)
 }
 
 /// Converts any SDK error, keeping its code and message (never credentials).
@@ -64,18 +73,21 @@ where
             let e = se.err();
             let code = e.code();
             let status = Some(se.raw().status().as_u16());
-            PortError::new(
-                operation,
-                severity_of(code, status),
-                format!(
-                    "{}: {}{}",
-                    code.unwrap_or("unknown error"),
-                    e.message().unwrap_or(""),
-                    status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
-                ),
-            )
+            let detail = format!(
+                "{}: {}{}",
+                code.unwrap_or("unknown error"),
+                e.message().unwrap_or(""),
+                status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+            );
+            if is_throttling(code, status) {
+                return PortError::throttled(operation, detail);
+            }
+            PortError::new(operation, severity_of(code, status), detail)
         }
-        SdkError::TimeoutError(_) => PortError::ambiguous(operation, "timed out"),
+        SdkError::TimeoutError(_) => PortError {
+            timed_out: true,
+            ..PortError::ambiguous(operation, "timed out")
+        },
         SdkError::DispatchFailure(d) => {
             let detail = format!("dispatch failure: {:?}", d.as_connector_error());
             // A refused connection sent nothing; anything else may have reached the service.

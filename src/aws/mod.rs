@@ -11,7 +11,9 @@ pub mod sqs;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::relay::ports::Usage;
+use tokio::time::Instant;
+
+use crate::relay::ports::{PortError, Usage};
 
 /// Request and capacity counters an adapter keeps (capacity in thousandths of a unit).
 #[derive(Debug, Default)]
@@ -54,4 +56,17 @@ pub fn usage(sqs: &[&Meter], dynamo: &Meter) -> Usage {
         dynamodb_write_units: dynamo.write_units(),
         dynamodb_read_units: dynamo.read_units(),
     }
+}
+
+/// Awaits an SDK call until `deadline` (the attempt deadline flow control gave it); no answer
+/// by then is an unknown outcome: the request may have been carried out.
+pub async fn within<T>(
+    deadline: Instant,
+    operation: &'static str,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, PortError> {
+    let started = Instant::now();
+    tokio::time::timeout_at(deadline, call)
+        .await
+        .map_err(|_| PortError::timed_out(operation, started.elapsed()))
 }

@@ -6,6 +6,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use tokio::time::Instant;
 
 use super::errors::port_error;
+use super::within;
 use super::Meter;
 use crate::relay::ports::{EntryOutcome, Outgoing, PortError, Queue, Severity};
 
@@ -75,16 +76,9 @@ impl Queue for SqsQueue {
             .queue_url(&self.url)
             .set_entries(Some(built))
             .send();
-        let out = match tokio::time::timeout_at(deadline, call).await {
-            Err(_) => {
-                return Err(PortError::ambiguous(
-                    "SendMessageBatch",
-                    "no answer before the pass deadline",
-                ))
-            }
-            Ok(Err(e)) => return Err(port_error("SendMessageBatch", &e)),
-            Ok(Ok(out)) => out,
-        };
+        let out = within(deadline, "SendMessageBatch", call)
+            .await?
+            .map_err(|e| port_error("SendMessageBatch", &e))?;
         let mut outcomes: Vec<Option<EntryOutcome>> = vec![None; entries.len()];
         let index = |id: &str| entries.iter().position(|e| e.id == id);
         for ok in out.successful() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::ports::{
-    Claim, ClaimOutcome, DedupStore, EntryOutcome, Outgoing, PortError, Queue, Severity, Tmc,
+    Claim, ClaimOutcome, DedupStore, EntryOutcome, Outgoing, PortError, Queue, Tmc,
 };
 use crate::top::api::ConfirmChunk;
 use crate::top::{TmcMessage, TopError};
@@ -27,6 +27,21 @@ pub type EventLog = Arc<Mutex<Vec<Event>>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits for one of the `workers`, when there are any.
+async fn serve(
+    workers: &Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let w = lock(workers).clone()?;
+    w.acquire_owned().await.ok()
+}
+
+async fn answer_after(latency: &Mutex<Duration>) {
+    let l = *lock(latency);
+    if !l.is_zero() {
+        tokio::time::sleep(l).await;
+    }
 }
 
 /// A TMC that hands out scripted batches (or errors) and records confirms.
@@ -98,6 +113,11 @@ pub struct MemoryQueue {
     pub request_failures: Mutex<VecDeque<PortError>>,
     /// Every call after the first N fails with this error (a queue deleted mid-pass).
     pub fail_after: Mutex<Option<(u32, PortError)>>,
+    /// How long each request takes to answer once a worker serves it (tests on paused time).
+    pub latency: Mutex<Duration>,
+    /// When set, requests are served by this many workers at once and the rest wait: latency
+    /// grows with the requests in flight beyond the capacity, as on a real queueing server.
+    pub workers: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     pub fifo: bool,
     pub max_bytes: usize,
     pub calls: Mutex<u32>,
@@ -112,6 +132,8 @@ impl MemoryQueue {
             entry_rules: Mutex::default(),
             request_failures: Mutex::default(),
             fail_after: Mutex::default(),
+            latency: Mutex::new(Duration::ZERO),
+            workers: Mutex::default(),
             fifo: false,
             max_bytes: 1024 * 1024,
             calls: Mutex::new(0),
@@ -127,12 +149,31 @@ impl MemoryQueue {
     }
 }
 
+impl MemoryQueue {
+    fn carry_out(&self, entries: &[Outgoing]) -> Vec<EntryOutcome> {
+        let mut out = Vec::new();
+        for e in entries {
+            let o = lock(&self.entry_rules)
+                .get_mut(&e.id)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(EntryOutcome::Accepted);
+            if o == EntryOutcome::Accepted {
+                lock(&self.accepted).push(e.clone());
+                lock(&self.log).push(Event::Accepted(self.name, e.id.clone()));
+            }
+            out.push(o);
+        }
+        out
+    }
+}
+
 impl Queue for MemoryQueue {
     async fn send_batch(
         &self,
         entries: &[Outgoing],
         _deadline: Instant,
     ) -> Result<Vec<EntryOutcome>, PortError> {
+        let _worker = serve(&self.workers).await;
         let call = {
             let mut calls = lock(&self.calls);
             *calls += 1;
@@ -147,18 +188,10 @@ impl Queue for MemoryQueue {
                 return Err(e.clone());
             }
         }
-        let mut out = Vec::new();
-        for e in entries {
-            let o = lock(&self.entry_rules)
-                .get_mut(&e.id)
-                .and_then(VecDeque::pop_front)
-                .unwrap_or(EntryOutcome::Accepted);
-            if o == EntryOutcome::Accepted {
-                lock(&self.accepted).push(e.clone());
-                lock(&self.log).push(Event::Accepted(self.name, e.id.clone()));
-            }
-            out.push(o);
-        }
+        // Carried out before the answer is on its way: a caller that stops waiting during
+        // the latency leaves the messages stored, as SQS would.
+        let out = self.carry_out(entries);
+        answer_after(&self.latency).await;
         Ok(out)
     }
 
@@ -176,6 +209,8 @@ impl Queue for MemoryQueue {
 pub struct Record {
     pub status: &'static str,
     pub owner: String,
+    /// The claim's token (empty for done records).
+    pub token: String,
     pub lease_until_ms: u64,
     pub expires_at: u64,
 }
@@ -188,27 +223,29 @@ pub struct MemoryStore {
     pub fail_claims: Mutex<Option<PortError>>,
     /// Claims released so far.
     pub releases: Mutex<u32>,
+    /// How long each request takes to answer once a worker serves it.
+    pub latency: Mutex<Duration>,
+    /// When set, this many requests are served at once; the rest wait.
+    pub workers: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl MemoryStore {
     pub fn status(&self, id: &str) -> Option<&'static str> {
         lock(&self.records).get(id).map(|r| r.status)
     }
-}
 
-impl DedupStore for MemoryStore {
-    async fn claim(&self, c: Claim<'_>) -> Result<ClaimOutcome, PortError> {
-        if let Some(e) = lock(&self.fail_claims).clone() {
-            return Err(e);
-        }
+    fn claim_now(&self, c: &Claim<'_>) -> ClaimOutcome {
         let mut records = lock(&self.records);
         if let Some(r) = records.get(c.id) {
+            if r.token == c.token {
+                return ClaimOutcome::Claimed;
+            }
             let expired = r.expires_at * 1000 < c.now_ms;
             if !expired {
                 match r.status {
-                    "done" => return Ok(ClaimOutcome::AlreadyDone { parked: false }),
-                    "parked" => return Ok(ClaimOutcome::AlreadyDone { parked: true }),
-                    _ if r.lease_until_ms >= c.now_ms => return Ok(ClaimOutcome::HeldElsewhere),
+                    "done" => return ClaimOutcome::AlreadyDone { parked: false },
+                    "parked" => return ClaimOutcome::AlreadyDone { parked: true },
+                    _ if r.lease_until_ms >= c.now_ms => return ClaimOutcome::HeldElsewhere,
                     _ => {}
                 }
             }
@@ -218,11 +255,24 @@ impl DedupStore for MemoryStore {
             Record {
                 status: "claimed",
                 owner: c.owner.to_owned(),
+                token: c.token.to_owned(),
                 lease_until_ms: c.lease_until_ms,
                 expires_at: c.expires_at,
             },
         );
-        Ok(ClaimOutcome::Claimed)
+        ClaimOutcome::Claimed
+    }
+}
+
+impl DedupStore for MemoryStore {
+    async fn claim(&self, c: Claim<'_>, _deadline: Instant) -> Result<ClaimOutcome, PortError> {
+        let _worker = serve(&self.workers).await;
+        if let Some(e) = lock(&self.fail_claims).clone() {
+            return Err(e);
+        }
+        let outcome = self.claim_now(&c);
+        answer_after(&self.latency).await;
+        Ok(outcome)
     }
 
     async fn complete(
@@ -231,6 +281,7 @@ impl DedupStore for MemoryStore {
         expires_at: u64,
         _deadline: Instant,
     ) -> Result<Vec<String>, PortError> {
+        let _worker = serve(&self.workers).await;
         let mut records = lock(&self.records);
         for (id, parked) in ids {
             records.insert(
@@ -238,6 +289,7 @@ impl DedupStore for MemoryStore {
                 Record {
                     status: if *parked { "parked" } else { "done" },
                     owner: String::new(),
+                    token: String::new(),
                     lease_until_ms: 0,
                     expires_at,
                 },
@@ -246,12 +298,12 @@ impl DedupStore for MemoryStore {
         Ok(Vec::new())
     }
 
-    async fn release(&self, id: &str, owner: &str) -> Result<(), PortError> {
+    async fn release(&self, id: &str, token: &str, _deadline: Instant) -> Result<(), PortError> {
         *lock(&self.releases) += 1;
         let mut records = lock(&self.records);
         if records
             .get(id)
-            .is_some_and(|r| r.status == "claimed" && r.owner == owner)
+            .is_some_and(|r| r.status == "claimed" && r.token == token)
         {
             records.remove(id);
         }
@@ -261,11 +313,7 @@ impl DedupStore for MemoryStore {
 
 /// A throttling error, for rules.
 pub fn throttled(op: &'static str) -> PortError {
-    PortError::new(
-        op,
-        Severity::Retryable,
-        "ThrottlingException: Rate exceeded",
-    )
+    PortError::throttled(op, "ThrottlingException: Rate exceeded")
 }
 
 /// A pause small enough for unit tests.

@@ -2,15 +2,20 @@
 //!
 //! - `ports`: the traits for TMC, queues and the dedup table, and their error type.
 //! - `body`: the SQS message body, attributes, parking records and batch packing (pure).
-//! - `pass`: the orchestrator: loops, claims, sends, parks, completes, confirms.
+//! - `pass`: the orchestrator: loops, and a batch's verbs (claim, enqueue, park, record,
+//!   confirm).
+//! - `send`: the SQS stage: per-entry retries, and what an entry's outcome was.
+//! - `flow`: flow control: adaptive concurrency limits and attempt timeouts per AWS service.
 //! - `report`: the JSON report.
 //! - `memory`: in-memory adapters for tests.
 
 pub mod body;
+pub mod flow;
 pub mod memory;
 pub mod pass;
 pub mod ports;
 pub mod report;
+pub mod send;
 #[cfg(test)]
 mod tests;
 

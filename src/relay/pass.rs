@@ -1,7 +1,7 @@
-//! One relay pass: consume → claim → enqueue → complete → confirm, for every configured group,
-//! with `concurrency` consume loops per group, until a stop condition.
+//! One relay pass: consume → claim → enqueue → park → record → confirm, for every configured
+//! group, with `concurrency` consume loops per group, until a stop condition.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -11,11 +11,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::body::{pack, parking_entry, relay_entry, Defect, FifoGroupBy};
+use super::body::{parking_entry, relay_entry, Defect, FifoGroupBy};
+use super::flow::Flow;
 use super::ports::{
-    Claim, ClaimOutcome, DedupStore, EntryOutcome, Outgoing, PortError, Queue, Severity, Tmc,
+    Claim, ClaimOutcome, DedupStore, Outgoing, PortError, Queue, Severity, Tmc, COMPLETE_CHUNK,
 };
 use super::report::{Counts, GroupReport, Report, StopReason};
+use super::send::{backoff, send_all, SendPolicy, Sent};
 use crate::top::clock::{epoch_millis, epoch_secs, parse_wire_time};
 use crate::top::{ErrorClass, TmcMessage, TopError};
 
@@ -49,15 +51,17 @@ pub struct RelaySettings {
     /// Added to the pass deadline to form a claim's lease, so a claim outlives its holder's
     /// last call but frees itself soon after the holder is certainly gone.
     pub claim_grace: Duration,
-    /// SQS attempts per entry for retryable failures (SenderFault=false, throttling, 5xx).
+    /// Attempts per request for retryable failures (SQS entries, claims, records).
     pub max_send_attempts: u32,
-    /// Concurrent DynamoDB claims and SQS batches per batch of messages.
+    /// The most DynamoDB or SQS requests in flight (`RELAY_PARALLELISM`): the ceiling of the
+    /// adaptive limits, which find what the endpoints sustain below it.
     pub parallelism: usize,
     /// Batches processed at once per consume loop while the next consume runs; 0 turns
     /// pipelining off (consume, then process, then consume: the naive baseline). At most
     /// `pipeline_depth + 1` batches of messages per loop are in memory. A batch gives up its
     /// place once its messages are in SQS and recorded, then confirms in one of as many
-    /// confirm places: a confirm holds up consuming only when confirms lag.
+    /// confirm places: a confirm holds up consuming only when confirms lag. Whatever the
+    /// depth, the next consume waits while AWS is backlogged (see `flow`).
     pub pipeline_depth: usize,
 }
 
@@ -69,9 +73,9 @@ impl Default for RelaySettings {
             claim_grace: Duration::from_secs(10),
             max_send_attempts: 4,
             parallelism: 32,
-            // Claims in waves of `parallelism`, SQS and the completion record take three to
-            // four consume round trips: fewer places leave the consume waiting (see
-            // `make bench`); each place can hold a batch of messages in memory.
+            // Claims, SQS and the completion record take three to four consume round trips:
+            // fewer places leave the consume waiting (see `make bench`); each place can hold a
+            // batch of messages in memory.
             pipeline_depth: 4,
         }
     }
@@ -96,13 +100,16 @@ pub struct PassOptions {
     pub empty_backoff: Duration,
 }
 
-/// The relay: three ports and its settings.
+/// The relay: three ports, its settings, and the flow control of its AWS requests.
 pub struct Relay<T, Q, D> {
     pub tmc: T,
     pub queue: Q,
     pub parking: Q,
     pub store: D,
     pub settings: RelaySettings,
+    /// The adaptive limits of SQS and DynamoDB requests; kept across the passes of a warm
+    /// Lambda, so a later pass starts from what the endpoints sustained.
+    pub flow: Flow,
 }
 
 /// Live counters shared by a group's loops (the CLI's progress line reads them too).
@@ -141,6 +148,13 @@ impl PassShared {
     fn is_fatal(&self) -> bool {
         self.fatal.load(Ordering::SeqCst)
     }
+
+    /// Stops the pass when an AWS error says the configuration is wrong.
+    fn note_port_error(&self, e: &PortError) {
+        if e.severity == Severity::Fatal {
+            self.set_fatal(format!("{e}. Check RELAY_QUEUE_URL, PARKING_QUEUE_URL, DEDUP_TABLE_NAME and the function's IAM permissions."));
+        }
+    }
 }
 
 /// A group's budget of batches and messages, shared by its loops.
@@ -164,17 +178,40 @@ struct LoopEnd {
     ban: Option<Duration>,
 }
 
-/// How many times, in one pass, an entry is sent again after a send that may have stored it
-/// (no answer) on a standard queue. Each resend of a stored message is one more copy, and
-/// resending into a queue too slow to answer makes it slower still (an SQS brownout; moto at
-/// depth turned 3,000 messages into 5,000 copies this way). FIFO queues drop a repeat of a
-/// MessageDeduplicationId, so there every attempt is allowed.
-const MAX_BLIND_RESENDS: u32 = 1;
+impl LoopEnd {
+    fn because(reason: StopReason) -> Self {
+        Self { reason, ban: None }
+    }
+}
 
 /// The lowest lease estimate for a batch before any was timed.
 const FIRST_BATCH_ESTIMATE: Duration = Duration::from_millis(500);
 
+/// True when `pause` (and then `after` more) still ends before `deadline`. Saturating: a pause
+/// too long to add to the clock (a ban of u64::MAX seconds) does not fit.
+fn fits(pause: Duration, after: Duration, deadline: Instant) -> bool {
+    Instant::now()
+        .checked_add(pause.saturating_add(after))
+        .is_some_and(|t| t < deadline)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
+    /// A relay whose flow control is sized by `settings.parallelism`.
+    pub fn new(tmc: T, queue: Q, parking: Q, store: D, settings: RelaySettings) -> Self {
+        Self {
+            flow: Flow::new(settings.parallelism),
+            tmc,
+            queue,
+            parking,
+            store,
+            settings,
+        }
+    }
+
     /// Runs one pass over every group and returns its report. Never panics on upstream input;
     /// a fatal error is in the report (`stop_reason: fatal`, `error`).
     pub async fn run(self: &Arc<Self>, opts: PassOptions) -> Report {
@@ -189,11 +226,15 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
     ) -> Report {
         let started = Instant::now();
         let remaining = opts.deadline.saturating_duration_since(started);
+        self.flow.reset_peaks();
+        let flow_before = self.flow.report();
         let shared = Arc::new(PassShared {
-            owner: pass_owner(),
+            owner: unique_token("pass"),
             fatal: AtomicBool::new(false),
             fatal_error: Mutex::new(None),
-            wall_deadline: SystemTime::now() + remaining,
+            wall_deadline: SystemTime::now()
+                .checked_add(remaining)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
             oldest_pub_ms: AtomicU64::new(u64::MAX),
             latency_total_ms: AtomicU64::new(0),
             latency_batches: AtomicU64::new(0),
@@ -228,12 +269,12 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             match joined {
                 Ok((gi, end)) => {
                     ends[gi].push(end);
-                    group_elapsed_ms[gi] = started.elapsed().as_millis() as u64;
+                    group_elapsed_ms[gi] = millis(started.elapsed());
                 }
                 Err(e) => shared.set_fatal(format!("a consume loop crashed: {e}")),
             }
         }
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let elapsed_ms = millis(started.elapsed());
         let fatal_error = shared
             .fatal_error
             .lock()
@@ -279,6 +320,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         let oldest = shared.oldest_pub_ms.load(Ordering::Relaxed);
         let now_ms = epoch_millis(SystemTime::now());
         let batches = shared.latency_batches.load(Ordering::Relaxed);
+        let flow = self.flow.report().since(&flow_before);
         Report {
             counts: total,
             stop_reason,
@@ -293,6 +335,9 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                 .then(|| now_ms.saturating_sub(oldest) / 1000),
             batch_latency_ms: (batches > 0)
                 .then(|| shared.latency_total_ms.load(Ordering::Relaxed) / batches),
+            timeouts: flow.timeouts(),
+            throttles: flow.throttles(),
+            flow,
             usage: Default::default(),
             groups: group_reports,
         }
@@ -315,58 +360,43 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         let mut tasks = JoinSet::new();
         let mut estimate = FIRST_BATCH_ESTIMATE;
         let slowest = Arc::new(AtomicU64::new(0));
+        // How long a consume takes: the lead the stages behind need to be ready in.
+        let mut consume_time = Duration::ZERO;
         let end = loop {
             if shared.is_fatal() {
-                break LoopEnd {
-                    reason: StopReason::Fatal,
-                    ban: None,
-                };
+                break LoopEnd::because(StopReason::Fatal);
             }
             estimate = estimate.max(Duration::from_millis(slowest.load(Ordering::Relaxed)));
             let remaining = opts.deadline.saturating_duration_since(Instant::now());
             if remaining < estimate + estimate / 5 {
-                break LoopEnd {
-                    reason: StopReason::Budget,
-                    ban: None,
-                };
+                break LoopEnd::because(StopReason::Budget);
             }
             // Reserve a batch (and its messages) before consuming, so concurrent loops never
             // overshoot the limits.
             if let Some(max) = opts.max_batches {
                 if g.batches.fetch_add(1, Ordering::SeqCst) >= max {
-                    break LoopEnd {
-                        reason: StopReason::MaxBatches,
-                        ban: None,
-                    };
+                    break LoopEnd::because(StopReason::MaxBatches);
                 }
             }
             let mut quantity = opts.quantity;
             if let Some(max) = opts.max_messages {
                 let taken = g.messages.fetch_add(u64::from(quantity), Ordering::SeqCst);
                 if taken >= max {
-                    break LoopEnd {
-                        reason: StopReason::MaxMessages,
-                        ban: None,
-                    };
+                    break LoopEnd::because(StopReason::MaxMessages);
                 }
-                let left = (max - taken).min(u64::from(quantity)) as u32;
+                let left =
+                    u32::try_from((max - taken).min(u64::from(quantity))).unwrap_or(quantity);
                 quantity = left.max(crate::top::api::MIN_QUANTITY);
             }
-            let permit = match Arc::clone(&in_flight).acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => {
-                    break LoopEnd {
-                        reason: StopReason::Fatal,
-                        ban: None,
-                    }
-                }
+            let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                break LoopEnd::because(StopReason::Fatal);
             };
+            // Back-pressure: while the requests of earlier batches still wait for AWS, a new
+            // batch would only wait behind them, holding its messages (and their TMC lease).
+            self.flow.wait_for_room(consume_time, opts.deadline).await;
             // Waiting for a pipeline slot may have taken a while: look again.
             if shared.is_fatal() {
-                break LoopEnd {
-                    reason: StopReason::Fatal,
-                    ban: None,
-                };
+                break LoopEnd::because(StopReason::Fatal);
             }
             let consumed_at = Instant::now();
             let msgs = match self.tmc.consume(group, quantity, opts.deadline).await {
@@ -376,23 +406,23 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                     None => continue,
                 },
             };
+            let took = consumed_at.elapsed();
+            consume_time = if consume_time.is_zero() {
+                took
+            } else {
+                (consume_time * 3 + took) / 4
+            };
             if msgs.is_empty() {
                 g.add(&Counts {
                     empty_polls: 1,
                     ..Counts::default()
                 });
                 if opts.mode == Mode::Drain {
-                    break LoopEnd {
-                        reason: StopReason::Empty,
-                        ban: None,
-                    };
+                    break LoopEnd::because(StopReason::Empty);
                 }
                 let pause = opts.empty_backoff.max(Duration::from_millis(100));
-                if Instant::now() + pause >= opts.deadline {
-                    break LoopEnd {
-                        reason: StopReason::Budget,
-                        ban: None,
-                    };
+                if !fits(pause, Duration::ZERO, opts.deadline) {
+                    break LoopEnd::because(StopReason::Budget);
                 }
                 tokio::time::sleep(pause).await;
                 continue;
@@ -422,11 +452,9 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                 if !shared2.is_fatal() && !widened2.swap(true, Ordering::SeqCst) {
                     in_flight2.add_permits(depth - 1);
                 }
-                let took = consumed_at.elapsed();
-                slowest2.fetch_max(took.as_millis() as u64, Ordering::Relaxed);
-                shared2
-                    .latency_total_ms
-                    .fetch_add(took.as_millis() as u64, Ordering::Relaxed);
+                let took = millis(consumed_at.elapsed());
+                slowest2.fetch_max(took, Ordering::Relaxed);
+                shared2.latency_total_ms.fetch_add(took, Ordering::Relaxed);
                 shared2.latency_batches.fetch_add(1, Ordering::Relaxed);
             };
             if depth == 0 {
@@ -436,10 +464,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             }
             if let Some(max) = opts.max_messages {
                 if g.counts.lock().unwrap_or_else(|p| p.into_inner()).consumed >= max {
-                    break LoopEnd {
-                        reason: StopReason::MaxMessages,
-                        ban: None,
-                    };
+                    break LoopEnd::because(StopReason::MaxMessages);
                 }
             }
         };
@@ -461,7 +486,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         let deadline = shared.opts.deadline;
         match e.class() {
             ErrorClass::RateLimited { ban } => {
-                if Instant::now() + ban + FIRST_BATCH_ESTIMATE < deadline {
+                if fits(ban, FIRST_BATCH_ESTIMATE, deadline) {
                     tracing::warn!(
                         ban_secs = ban.as_secs(),
                         "TOP call limit: waiting out the ban within the budget"
@@ -478,28 +503,19 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             }
             ErrorClass::Fatal { check } => {
                 shared.set_fatal(format!("{e}. Check {check}."));
-                Some(LoopEnd {
-                    reason: StopReason::Fatal,
-                    ban: None,
-                })
+                Some(LoopEnd::because(StopReason::Fatal))
             }
             ErrorClass::Permanent => {
                 shared.set_fatal(format!("{e}. Check TMC_GROUP_NAMES and TMC_QUANTITY."));
-                Some(LoopEnd {
-                    reason: StopReason::Fatal,
-                    ban: None,
-                })
+                Some(LoopEnd::because(StopReason::Fatal))
             }
             ErrorClass::Transient => {
                 // The client already retried; pause once more, then let the budget decide.
                 tracing::warn!(error = %e, "consume failed after retries");
                 *g.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 let pause = Duration::from_secs(1);
-                if Instant::now() + pause + FIRST_BATCH_ESTIMATE >= deadline {
-                    return Some(LoopEnd {
-                        reason: StopReason::Budget,
-                        ban: None,
-                    });
+                if !fits(pause, FIRST_BATCH_ESTIMATE, deadline) {
+                    return Some(LoopEnd::because(StopReason::Budget));
                 }
                 tokio::time::sleep(pause).await;
                 None
@@ -507,8 +523,8 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         }
     }
 
-    /// Claims, enqueues, parks, completes and confirms one consumed batch. Confirms only ids
-    /// that are in SQS (now or from an earlier delivery) or parked.
+    /// One consumed batch through its verbs. Confirms only ids that are in SQS (now or from an
+    /// earlier delivery) or parked.
     async fn process_batch(
         &self,
         shared: &PassShared,
@@ -516,26 +532,68 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         msgs: Vec<TmcMessage>,
         places: Places,
     ) -> Counts {
-        let opts = &shared.opts;
-        let deadline = opts.deadline;
         let group = display_group(group_name);
         let mut counts = Counts::default();
-        let now = SystemTime::now();
-        let now_ms = epoch_millis(now);
-        for m in &msgs {
-            if let Some(t) = m.pub_time.as_deref().and_then(parse_wire_time) {
-                shared
-                    .oldest_pub_ms
-                    .fetch_min(epoch_millis(t), Ordering::Relaxed);
-            }
-        }
+        note_oldest(shared, &msgs);
 
-        // 1. Triage: ids that cannot be confirmed, repeats inside the batch, defects.
+        let triage = self.triage(group, msgs, &mut counts);
+        let claims = self.claim(shared, group, triage.valid, &mut counts).await;
+        let mut confirm_ids = claims.already_done;
+        let enqueued = self
+            .enqueue(shared, group, claims.to_send, &mut counts)
+            .await;
+        let mut to_park = claims.to_park;
+        to_park.extend(enqueued.rejected);
+        let parked = self
+            .park(shared, group, to_park, triage.invalid, &mut counts)
+            .await;
+
+        let mut release = enqueued.failed;
+        release.extend(parked.failed);
+        self.release(release, shared.opts.deadline).await;
+        let mut done: Vec<(String, bool)> = Vec::new();
+        for m in enqueued.accepted {
+            confirm_ids.push(m.id);
+            done.push((m.id.to_string(), false));
+        }
+        for m in parked.accepted {
+            confirm_ids.push(m.id);
+            done.push((m.id.to_string(), true));
+        }
+        self.record(shared, group, done).await;
+        shared
+            .progress
+            .enqueued
+            .fetch_add(counts.enqueued, Ordering::Relaxed);
+
+        // The messages are done with: trade the batch's place for a confirm place, so the
+        // next consume can start.
+        let _confirming = places.confirms.acquire_owned().await;
+        drop(places.batch);
+        self.confirm(shared, group_name, &confirm_ids, &mut counts)
+            .await;
+        tracing::info!(
+            group,
+            enqueued = counts.enqueued,
+            duplicates = counts.duplicates,
+            parked = counts.parked,
+            deferred = counts.deferred,
+            unknown_outcome = counts.unknown_outcome,
+            invalid = counts.invalid,
+            confirmed = counts.confirmed,
+            confirm_failed = counts.confirm_failed,
+            "batch done"
+        );
+        counts
+    }
+
+    /// Sorts a batch: messages without a usable id (never confirmable), repeats within the
+    /// batch (counted as duplicates), and the rest with their relay entry or defect.
+    fn triage(&self, group: &str, msgs: Vec<TmcMessage>, counts: &mut Counts) -> Triage {
         let fifo = self.queue.is_fifo().then_some(self.settings.fifo_group_by);
         let max_bytes = self.queue.max_message_bytes();
         let mut seen = HashSet::new();
-        let mut candidates: Vec<(TmcMessage, Result<Outgoing, Defect>)> = Vec::new();
-        let mut invalid: Vec<(TmcMessage, Defect)> = Vec::new();
+        let mut t = Triage::default();
         for m in msgs {
             let Some(id) = m.id else {
                 let d = Defect {
@@ -543,7 +601,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                     reason: m.id_problem.clone().unwrap_or_default(),
                 };
                 tracing::warn!(group, reason = %d.reason, "message without a valid id: cannot be confirmed");
-                invalid.push((m, d));
+                t.invalid.push((m, d));
                 continue;
             };
             if !seen.insert(id) {
@@ -551,102 +609,132 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                 continue;
             }
             let entry = relay_entry(&m, group, fifo, max_bytes);
-            candidates.push((m, entry));
+            t.valid.push(Valid {
+                id,
+                msg: m,
+                entry,
+                token: unique_token("c"),
+            });
         }
-        counts.invalid = invalid.len() as u64;
+        counts.invalid = t.invalid.len() as u64;
+        t
+    }
 
-        // 2. Claim every candidate (conditional writes, concurrently).
-        let lease_until_ms = epoch_millis(shared.wall_deadline + self.settings.claim_grace);
-        let expires_at = epoch_secs(now + self.settings.retention);
-        let claim_inputs: Vec<(String, String)> = candidates
-            .iter()
-            .map(|(m, _)| {
-                (
-                    m.id.map(|i| i.to_string()).unwrap_or_default(),
-                    m.topic.clone().unwrap_or_default(),
-                )
-            })
-            .collect();
+    /// Claims every valid message (conditional writes within the DynamoDB limit). What is ours
+    /// goes on to be sent or parked; what is done already is confirmed; what another pass
+    /// holds is left to it; what could not be claimed is deferred.
+    async fn claim(
+        &self,
+        shared: &PassShared,
+        group: &str,
+        valid: Vec<Valid>,
+        counts: &mut Counts,
+    ) -> Claims {
+        let deadline = shared.opts.deadline;
+        let now = SystemTime::now();
+        let lease_until_ms = epoch_millis(
+            shared
+                .wall_deadline
+                .checked_add(self.settings.claim_grace)
+                .unwrap_or(shared.wall_deadline),
+        );
+        let expires_at = epoch_secs(now.checked_add(self.settings.retention).unwrap_or(now));
+        let now_ms = epoch_millis(now);
         let owner = shared.owner.as_str();
-        let mut claims = stream::iter(claim_inputs.into_iter().enumerate().map(
-            |(i, (id, topic))| async move {
-                let claim = self.store.claim(Claim {
-                    id: &id,
-                    owner,
-                    lease_until_ms,
-                    now_ms,
-                    expires_at,
-                    topic: &topic,
-                    group,
-                });
-                let r = match tokio::time::timeout_at(deadline, claim).await {
-                    Ok(r) => r,
-                    Err(_) => Err(PortError::new(
-                        "PutItem",
-                        Severity::Retryable,
-                        "no answer before the pass deadline",
-                    )),
-                };
-                (i, id, r)
-            },
-        ))
+        let outcomes = stream::iter(valid.into_iter().map(|v| async move {
+            let id = v.id.to_string();
+            let claim = Claim {
+                id: &id,
+                owner,
+                token: &v.token,
+                lease_until_ms,
+                now_ms,
+                expires_at,
+            };
+            let r = self
+                .with_retries(deadline, || {
+                    self.flow
+                        .dynamodb
+                        .call("PutItem", deadline, |d| self.store.claim(claim.clone(), d))
+                })
+                .await;
+            (v, r)
+        }))
         // Unordered: a slow answer must not hold up the next claims behind it.
         .buffer_unordered(self.settings.parallelism.max(1))
         .collect::<Vec<_>>()
         .await;
-        claims.sort_unstable_by_key(|(i, _, _)| *i);
 
-        let mut confirm_ids: Vec<u64> = Vec::new();
-        let mut to_send: Vec<Outgoing> = Vec::new();
-        let mut to_park: Vec<(TmcMessage, Defect)> = Vec::new();
-        let mut by_id: HashMap<String, TmcMessage> = HashMap::new();
-        for ((m, entry), (_, id, claim)) in candidates.into_iter().zip(claims) {
-            match claim {
-                Ok(ClaimOutcome::Claimed) => match entry {
-                    Ok(e) => {
-                        by_id.insert(id, m);
-                        to_send.push(e);
+        let mut c = Claims::default();
+        for (v, outcome) in outcomes {
+            let Valid {
+                id,
+                msg,
+                entry,
+                token,
+            } = v;
+            match outcome {
+                Ok(ClaimOutcome::Claimed) => {
+                    let mine = Mine { id, msg, token };
+                    match entry {
+                        Ok(e) => c.to_send.push((mine, e)),
+                        Err(d) => c.to_park.push((mine, d)),
                     }
-                    Err(d) => to_park.push((m, d)),
-                },
+                }
                 Ok(ClaimOutcome::AlreadyDone { .. }) => {
                     tracing::debug!(group, id, "already enqueued: confirming without enqueueing");
                     counts.duplicates += 1;
-                    confirm_ids.extend(m.id);
+                    c.already_done.push(id);
                 }
                 Ok(ClaimOutcome::HeldElsewhere) => {
                     tracing::debug!(group, id, "claimed by another live pass");
                     counts.held_elsewhere += 1;
                 }
                 Err(e) => {
-                    self.note_port_error(shared, &e);
+                    shared.note_port_error(&e);
                     tracing::warn!(group, id, error = %e, "claim failed: leaving the message for redelivery");
                     counts.deferred += 1;
+                    if e.maybe_applied {
+                        // The claim may stand: it frees itself when its lease ends.
+                        counts.unknown_outcome += 1;
+                    }
                 }
             }
         }
+        c
+    }
 
-        // 3. Enqueue what we claimed.
-        let mut done: Vec<(String, bool)> = Vec::new();
-        let mut to_release: Vec<String> = Vec::new();
-        let sent = self.send_all(shared, &self.queue, to_send, deadline).await;
-        for (id, result) in sent {
-            let Some(m) = by_id.remove(&id) else { continue };
-            match result {
+    /// Sends the claimed messages to the relay queue.
+    async fn enqueue(
+        &self,
+        shared: &PassShared,
+        group: &str,
+        to_send: Vec<(Mine, Outgoing)>,
+        counts: &mut Counts,
+    ) -> Enqueued {
+        let mut mine: std::collections::HashMap<String, Mine> = std::collections::HashMap::new();
+        let entries: Vec<Outgoing> = to_send
+            .into_iter()
+            .map(|(m, e)| {
+                mine.insert(e.id.clone(), m);
+                e
+            })
+            .collect();
+        let mut out = Enqueued::default();
+        for (id, sent) in self.send(shared, &self.queue, entries).await {
+            let Some(m) = mine.remove(&id) else { continue };
+            match sent {
                 Sent::Accepted => {
                     counts.enqueued += 1;
-                    confirm_ids.extend(m.id);
-                    done.push((id, false));
+                    out.accepted.push(m);
                 }
-                Sent::Rejected(reason) => {
-                    to_park.push((
-                        m,
-                        Defect {
-                            code: "sqs_rejected",
-                            reason,
-                        },
-                    ));
-                }
+                Sent::Rejected(reason) => out.rejected.push((
+                    m,
+                    Defect {
+                        code: "sqs_rejected",
+                        reason,
+                    },
+                )),
                 Sent::Failed(reason) => {
                     tracing::warn!(
                         group,
@@ -654,8 +742,8 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                         reason,
                         "enqueue failed: releasing the claim for redelivery"
                     );
-                    to_release.push(id);
                     counts.deferred += 1;
+                    out.failed.push(m);
                 }
                 Sent::Unknown(reason) => {
                     // SQS may hold it: keep the claim, so a redelivery within its lease is not
@@ -667,44 +755,52 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                         "enqueue outcome unknown: keeping the claim until its lease ends"
                     );
                     counts.deferred += 1;
+                    counts.unknown_outcome += 1;
                 }
             }
         }
+        out
+    }
 
-        // 4. Park what can never be enqueued (and, for inspection, what has no valid id).
+    /// Parks what can never be enqueued, with the reason, and (for inspection only) what has
+    /// no valid id.
+    async fn park(
+        &self,
+        shared: &PassShared,
+        group: &str,
+        to_park: Vec<(Mine, Defect)>,
+        invalid: Vec<(TmcMessage, Defect)>,
+        counts: &mut Counts,
+    ) -> ParkedOut {
         let parked_at = rfc3339_now();
         let park_max = self.parking.max_message_bytes();
-        let mut parking: Vec<Outgoing> = Vec::new();
-        let mut parked_msgs: HashMap<String, (TmcMessage, bool)> = HashMap::new();
-        let tagged = to_park
-            .into_iter()
-            .map(|x| (true, x))
-            .chain(invalid.into_iter().map(|x| (false, x)));
-        for (claimed, (m, d)) in tagged {
-            let entry_id =
-                m.id.map(|x| x.to_string())
-                    .unwrap_or_else(|| format!("noid-{}", parking.len()));
+        let mut claimed: std::collections::HashMap<String, Mine> = std::collections::HashMap::new();
+        let mut entries: Vec<Outgoing> = Vec::new();
+        for (m, d) in &to_park {
+            let entry_id = m.id.to_string();
             tracing::warn!(group, id = entry_id, reason_code = d.code, reason = %d.reason, "parking message");
-            parking.push(parking_entry(
-                &m, group, &d, &parked_at, park_max, &entry_id,
+            entries.push(parking_entry(
+                &m.msg, group, d, &parked_at, park_max, &entry_id,
             ));
-            parked_msgs.insert(entry_id, (m, claimed));
         }
-        for (id, result) in self
-            .send_all(shared, &self.parking, parking, deadline)
-            .await
-        {
-            let Some((m, claimed)) = parked_msgs.remove(&id) else {
+        for (i, (m, d)) in invalid.iter().enumerate() {
+            let entry_id = format!("noid-{i}");
+            tracing::warn!(group, id = entry_id, reason_code = d.code, reason = %d.reason, "parking message");
+            entries.push(parking_entry(m, group, d, &parked_at, park_max, &entry_id));
+        }
+        for (m, _) in to_park {
+            claimed.insert(m.id.to_string(), m);
+        }
+        let mut out = ParkedOut::default();
+        for (id, sent) in self.send(shared, &self.parking, entries).await {
+            // No valid id: counted as invalid, never confirmed.
+            let Some(m) = claimed.remove(&id) else {
                 continue;
             };
-            if !claimed {
-                continue; // no valid id: counted as invalid, never confirmed
-            }
-            match result {
+            match sent {
                 Sent::Accepted => {
                     counts.parked += 1;
-                    confirm_ids.extend(m.id);
-                    done.push((id, true));
+                    out.accepted.push(m);
                 }
                 Sent::Rejected(reason) | Sent::Failed(reason) => {
                     tracing::error!(
@@ -713,8 +809,8 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                         reason,
                         "parking failed: leaving the message for redelivery"
                     );
-                    to_release.push(id);
                     counts.deferred += 1;
+                    out.failed.push(m);
                 }
                 Sent::Unknown(reason) => {
                     tracing::error!(
@@ -724,228 +820,57 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                         "parking outcome unknown: keeping the claim until its lease ends"
                     );
                     counts.deferred += 1;
+                    counts.unknown_outcome += 1;
                 }
             }
         }
-
-        self.release_all(to_release, &shared.owner, deadline).await;
-
-        // 5. Record completion. A failure here only weakens dedup for a redelivery; the
-        //    messages are safe in SQS, so they are still confirmed.
-        if !done.is_empty() {
-            match self.store.complete(&done, expires_at, deadline).await {
-                Ok(failed) if !failed.is_empty() => {
-                    tracing::warn!(
-                        group,
-                        count = failed.len(),
-                        "could not record some ids as done; a redelivery may be enqueued again"
-                    )
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.note_port_error(shared, &e);
-                    tracing::warn!(group, error = %e, "could not record ids as done; a redelivery may be enqueued again");
-                }
-            }
-        }
-        shared
-            .progress
-            .enqueued
-            .fetch_add(counts.enqueued, Ordering::Relaxed);
-
-        // 6. Confirm exactly what is safe. The messages are done with: trade the batch's
-        //    place for a confirm place, so the next consume can start.
-        drop((by_id, parked_msgs));
-        let _confirming = places.confirms.acquire_owned().await;
-        drop(places.batch);
-        if !confirm_ids.is_empty() {
-            tracing::debug!(group, ids = ?confirm_ids, "confirming");
-            let group_param = (!group_name.is_empty()).then_some(group_name);
-            for chunk in self.tmc.confirm(group_param, &confirm_ids, deadline).await {
-                match chunk.result {
-                    Ok(true) => counts.confirmed += chunk.ids.len() as u64,
-                    Ok(false) => {
-                        tracing::warn!(
-                            group,
-                            count = chunk.ids.len(),
-                            "confirm answered is_success=false: TMC will redeliver"
-                        );
-                        counts.confirm_failed += chunk.ids.len() as u64;
-                    }
-                    Err(e) => {
-                        tracing::warn!(group, count = chunk.ids.len(), error = %e, "confirm failed: TMC will redeliver");
-                        if let ErrorClass::Fatal { check } = e.class() {
-                            shared.set_fatal(format!("{e}. Check {check}."));
-                        }
-                        counts.confirm_failed += chunk.ids.len() as u64;
-                    }
-                }
-            }
-        }
-        shared
-            .progress
-            .confirmed
-            .fetch_add(counts.confirmed, Ordering::Relaxed);
-        tracing::info!(
-            group,
-            enqueued = counts.enqueued,
-            duplicates = counts.duplicates,
-            parked = counts.parked,
-            deferred = counts.deferred,
-            invalid = counts.invalid,
-            confirmed = counts.confirmed,
-            confirm_failed = counts.confirm_failed,
-            "batch done"
-        );
-        counts
+        out
     }
 
-    /// Sends entries with bounded retries; isolates entries when a whole batch is refused.
-    async fn send_all(
+    async fn send(
         &self,
         shared: &PassShared,
         queue: &Q,
         entries: Vec<Outgoing>,
-        deadline: Instant,
     ) -> Vec<(String, Sent)> {
-        let mut results: Vec<(String, Sent)> = Vec::with_capacity(entries.len());
-        let mut pending = entries;
-        let mut solo: HashSet<String> = HashSet::new();
-        // Entries some attempt of which got no answer: SQS may hold them already. The count is
-        // how many such attempts each had.
-        let mut unknown: HashMap<String, u32> = HashMap::new();
-        let mut attempt = 0u32;
-        while !pending.is_empty() {
-            attempt += 1;
-            if shared.is_fatal() {
-                results.extend(
-                    pending
-                        .drain(..)
-                        .map(|e| (e.id, Sent::Failed("the pass hit a fatal error".into()))),
-                );
-                break;
-            }
-            let (singles, grouped): (Vec<Outgoing>, Vec<Outgoing>) =
-                pending.drain(..).partition(|e| solo.contains(&e.id));
-            let mut batches = pack(grouped);
-            batches.extend(singles.into_iter().map(|e| vec![e]));
-            let replies = stream::iter(batches.into_iter().map(|batch| async move {
-                let r = queue.send_batch(&batch, deadline).await;
-                (batch, r)
-            }))
-            .buffer_unordered(self.settings.parallelism.max(1))
-            .collect::<Vec<_>>()
-            .await;
-            let mut retry: Vec<(Outgoing, String)> = Vec::new();
-            for (batch, reply) in replies {
-                match reply {
-                    Ok(outcomes) if outcomes.len() == batch.len() => {
-                        for (e, o) in batch.into_iter().zip(outcomes) {
-                            match o {
-                                EntryOutcome::Accepted => results.push((e.id, Sent::Accepted)),
-                                EntryOutcome::Rejected { code, message } => results.push((
-                                    e.id,
-                                    Sent::Rejected(format!(
-                                        "SQS rejected the message: {code}: {message}"
-                                    )),
-                                )),
-                                EntryOutcome::Retry { code, message } => {
-                                    retry.push((e, format!("{code}: {message}")))
-                                }
-                            }
-                        }
-                    }
-                    Ok(outcomes) => {
-                        let why = format!(
-                            "SQS answered {} results for {} entries",
-                            outcomes.len(),
-                            batch.len()
-                        );
-                        retry.extend(batch.into_iter().map(|e| (e, why.clone())));
-                    }
-                    Err(err) => match err.severity {
-                        Severity::Retryable => {
-                            if err.maybe_applied {
-                                for e in &batch {
-                                    *unknown.entry(e.id.clone()).or_default() += 1;
-                                }
-                            }
-                            retry.extend(batch.into_iter().map(|e| (e, err.to_string())))
-                        }
-                        Severity::Permanent if batch.len() > 1 => {
-                            // One bad entry can fail a whole request: resend one by one.
-                            for e in batch {
-                                solo.insert(e.id.clone());
-                                retry.push((e, err.to_string()));
-                            }
-                            attempt = attempt.saturating_sub(1);
-                        }
-                        Severity::Permanent => results.extend(
-                            batch
-                                .into_iter()
-                                .map(|e| (e.id, Sent::Rejected(err.to_string()))),
-                        ),
-                        Severity::Fatal => {
-                            self.note_port_error(shared, &err);
-                            results.extend(
-                                batch
-                                    .into_iter()
-                                    .map(|e| (e.id, Sent::Failed(err.to_string()))),
-                            );
-                        }
-                    },
-                }
-            }
-            if !queue.is_fifo() {
-                // A standard queue keeps every copy: past the cap, leave the entry to the
-                // claim's lease and TMC's redelivery instead of sending it again blind.
-                let (blind, again): (Vec<_>, Vec<_>) = retry
-                    .into_iter()
-                    .partition(|(e, _)| unknown.get(&e.id).is_some_and(|n| *n > MAX_BLIND_RESENDS));
-                results.extend(blind.into_iter().map(|(e, why)| (e.id, Sent::Unknown(why))));
-                retry = again;
-            }
-            if retry.is_empty() {
-                break;
-            }
-            let pause = backoff(attempt);
-            if attempt >= self.settings.max_send_attempts
-                || Instant::now() + pause + Duration::from_millis(100) >= deadline
-            {
-                results.extend(retry.into_iter().map(|(e, why)| {
-                    let sent = if unknown.contains_key(&e.id) {
-                        Sent::Unknown(why)
-                    } else {
-                        Sent::Failed(why)
-                    };
-                    (e.id, sent)
-                }));
-                break;
-            }
-            tokio::time::sleep(pause).await;
-            pending = retry.into_iter().map(|(e, _)| e).collect();
+        if entries.is_empty() {
+            return Vec::new();
         }
-        results
+        let policy = SendPolicy {
+            max_attempts: self.settings.max_send_attempts,
+            parallelism: self.settings.parallelism,
+        };
+        send_all(
+            queue,
+            &self.flow.sqs,
+            policy,
+            entries,
+            shared.opts.deadline,
+            || shared.is_fatal(),
+            |e| shared.note_port_error(e),
+        )
+        .await
     }
 
-    /// Gives up the claims of messages that failed, concurrently and within the pass deadline:
-    /// a release that cannot happen in time is replaced by the claim's lease running out.
-    async fn release_all(&self, ids: Vec<String>, owner: &str, deadline: Instant) {
-        if ids.is_empty() {
+    /// Gives up the claims of messages that failed for sure, concurrently and for a few
+    /// seconds at most: a release that cannot happen in time is replaced by the claim's lease
+    /// running out. Each release names its claim's token, so it never removes a fresh claim
+    /// of the same id.
+    async fn release(&self, failed: Vec<Mine>, deadline: Instant) {
+        if failed.is_empty() {
             return;
         }
-        let until = deadline.min(Instant::now() + Duration::from_secs(3));
-        stream::iter(ids)
-            .for_each_concurrent(self.settings.parallelism.max(1), |id| async move {
-                let r = match tokio::time::timeout_at(until, self.store.release(&id, owner)).await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(PortError::new(
-                        "DeleteItem",
-                        Severity::Retryable,
-                        "no answer before the pass deadline",
-                    )),
-                };
+        let until = Instant::now()
+            .checked_add(Duration::from_secs(3))
+            .map_or(deadline, |t| t.min(deadline));
+        stream::iter(failed)
+            .for_each_concurrent(self.settings.parallelism.max(1), |m| async move {
+                let id = m.id.to_string();
+                let r = self
+                    .flow
+                    .dynamodb
+                    .call("DeleteItem", until, |d| self.store.release(&id, &m.token, d))
+                    .await;
                 if let Err(e) = r {
                     tracing::warn!(id, error = %e, "could not release claim; it expires with its lease");
                 }
@@ -953,11 +878,178 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             .await;
     }
 
-    fn note_port_error(&self, shared: &PassShared, e: &PortError) {
-        if e.severity == Severity::Fatal {
-            shared.set_fatal(format!("{e}. Check RELAY_QUEUE_URL, PARKING_QUEUE_URL, DEDUP_TABLE_NAME and the function's IAM permissions."));
+    /// Records the ids now in a queue as done. A failure only weakens dedup for a redelivery:
+    /// the messages are safe in SQS, so they are still confirmed.
+    async fn record(&self, shared: &PassShared, group: &str, done: Vec<(String, bool)>) {
+        if done.is_empty() {
+            return;
+        }
+        let deadline = shared.opts.deadline;
+        let now = SystemTime::now();
+        let expires_at = epoch_secs(now.checked_add(self.settings.retention).unwrap_or(now));
+        let chunks = done.chunks(COMPLETE_CHUNK).map(|chunk| async move {
+            let mut left: Vec<(String, bool)> = chunk.to_vec();
+            for round in 1..=self.settings.max_send_attempts {
+                let r = self
+                    .flow
+                    .dynamodb
+                    .call("BatchWriteItem", deadline, |d| {
+                        self.store.complete(&left, expires_at, d)
+                    })
+                    .await;
+                match r {
+                    Ok(unprocessed) if unprocessed.is_empty() => return Ok(0),
+                    Ok(unprocessed) => left.retain(|(id, _)| unprocessed.contains(id)),
+                    Err(e) if e.severity == Severity::Retryable => {}
+                    Err(e) => return Err(e),
+                }
+                let pause = backoff(round);
+                if round == self.settings.max_send_attempts
+                    || !fits(pause, Duration::ZERO, deadline)
+                {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            Ok(left.len())
+        });
+        for r in futures::future::join_all(chunks).await {
+            match r {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    group,
+                    count = n,
+                    "could not record some ids as done; a redelivery may be enqueued again"
+                ),
+                Err(e) => {
+                    shared.note_port_error(&e);
+                    tracing::warn!(group, error = %e, "could not record ids as done; a redelivery may be enqueued again");
+                }
+            }
         }
     }
+
+    /// Confirms exactly what is safe.
+    async fn confirm(
+        &self,
+        shared: &PassShared,
+        group_name: &str,
+        ids: &[u64],
+        counts: &mut Counts,
+    ) {
+        if ids.is_empty() {
+            return;
+        }
+        let group = display_group(group_name);
+        tracing::debug!(group, ids = ?ids, "confirming");
+        let group_param = (!group_name.is_empty()).then_some(group_name);
+        for chunk in self
+            .tmc
+            .confirm(group_param, ids, shared.opts.deadline)
+            .await
+        {
+            let n = chunk.ids.len() as u64;
+            match chunk.result {
+                Ok(true) => counts.confirmed += n,
+                Ok(false) => {
+                    tracing::warn!(
+                        group,
+                        count = n,
+                        "confirm answered is_success=false: TMC will redeliver"
+                    );
+                    counts.confirm_failed += n;
+                }
+                Err(e) => {
+                    tracing::warn!(group, count = n, error = %e, "confirm failed: TMC will redeliver");
+                    if let ErrorClass::Fatal { check } = e.class() {
+                        shared.set_fatal(format!("{e}. Check {check}."));
+                    }
+                    counts.confirm_failed += n;
+                }
+            }
+        }
+        shared
+            .progress
+            .confirmed
+            .fetch_add(counts.confirmed, Ordering::Relaxed);
+    }
+
+    /// Retries one DynamoDB request (`attempt`) on retryable failures, with backoff, while the
+    /// budget allows.
+    async fn with_retries<R, F, Fut>(&self, deadline: Instant, attempt: F) -> Result<R, PortError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<R, PortError>>,
+    {
+        let mut round = 0;
+        loop {
+            round += 1;
+            let r = attempt().await;
+            match &r {
+                Err(e)
+                    if e.severity == Severity::Retryable
+                        && round < self.settings.max_send_attempts =>
+                {
+                    let pause = backoff(round);
+                    if !fits(pause, Duration::from_millis(100), deadline) {
+                        return r;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                _ => return r,
+            }
+        }
+    }
+}
+
+/// A consumed batch, sorted.
+#[derive(Default)]
+struct Triage {
+    /// Messages with an id, each once.
+    valid: Vec<Valid>,
+    /// Messages without a usable id: parked for inspection, never confirmed.
+    invalid: Vec<(TmcMessage, Defect)>,
+}
+
+/// A message with an id, its relay entry (or why it has none), and its claim's token.
+struct Valid {
+    id: u64,
+    msg: TmcMessage,
+    entry: Result<Outgoing, Defect>,
+    token: String,
+}
+
+/// A message this pass holds the claim of.
+struct Mine {
+    id: u64,
+    msg: TmcMessage,
+    token: String,
+}
+
+/// What the claims decided.
+#[derive(Default)]
+struct Claims {
+    to_send: Vec<(Mine, Outgoing)>,
+    to_park: Vec<(Mine, Defect)>,
+    /// Enqueued by an earlier delivery: confirm only.
+    already_done: Vec<u64>,
+}
+
+/// What the relay queue said.
+#[derive(Default)]
+struct Enqueued {
+    accepted: Vec<Mine>,
+    /// Will never be accepted: park instead.
+    rejected: Vec<(Mine, Defect)>,
+    /// Not in the queue: release the claim.
+    failed: Vec<Mine>,
+}
+
+/// What the parking queue said.
+#[derive(Default)]
+struct ParkedOut {
+    accepted: Vec<Mine>,
+    failed: Vec<Mine>,
 }
 
 /// A batch's place in its loop's pipeline, and where it confirms.
@@ -968,24 +1060,15 @@ struct Places {
     confirms: Arc<Semaphore>,
 }
 
-enum Sent {
-    Accepted,
-    /// Will never be accepted by this queue.
-    Rejected(String),
-    /// Retryable failure that outlived its attempts or the budget.
-    Failed(String),
-    /// Like `Failed`, but some attempt got no answer: the queue may hold the message.
-    Unknown(String),
-}
-
-fn backoff(attempt: u32) -> Duration {
-    let base = 50u64 << attempt.min(6);
-    let jitter = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0) as u64)
-        % (base + 1);
-    Duration::from_millis(base / 2 + jitter / 2)
+/// The oldest publish time seen, for the report's message age.
+fn note_oldest(shared: &PassShared, msgs: &[TmcMessage]) {
+    for m in msgs {
+        if let Some(t) = m.pub_time.as_deref().and_then(parse_wire_time) {
+            shared
+                .oldest_pub_ms
+                .fetch_min(epoch_millis(t), Ordering::Relaxed);
+        }
+    }
 }
 
 /// The group name reports and bodies use.
@@ -997,8 +1080,10 @@ pub fn display_group(name: &str) -> &str {
     }
 }
 
-fn pass_owner() -> String {
+/// A token no other call will produce: time, process, a counter and per-process randomness.
+pub fn unique_token(prefix: &str) -> String {
     use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
         SystemTime::now()
@@ -1007,7 +1092,9 @@ fn pass_owner() -> String {
             .unwrap_or(0),
     );
     h.write_u32(std::process::id());
-    format!("pass-{:016x}", h.finish())
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    h.write_u64(n);
+    format!("{prefix}-{:016x}-{n}", h.finish())
 }
 
 fn rfc3339_now() -> String {

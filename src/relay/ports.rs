@@ -68,6 +68,10 @@ pub struct PortError {
     /// The request may have been carried out although no answer came (timeout, connection
     /// lost after sending): SQS may hold the message.
     pub maybe_applied: bool,
+    /// No answer came within the attempt's timeout: the endpoint is slow (flow control).
+    pub timed_out: bool,
+    /// The service asked us to slow down (flow control).
+    pub throttled: bool,
 }
 
 impl PortError {
@@ -77,16 +81,35 @@ impl PortError {
             severity,
             detail: detail.into(),
             maybe_applied: false,
+            timed_out: false,
+            throttled: false,
         }
     }
 
     /// A failure whose outcome is unknown: retryable, and possibly carried out.
     pub fn ambiguous(operation: &'static str, detail: impl Into<String>) -> Self {
         Self {
-            operation,
-            severity: Severity::Retryable,
-            detail: detail.into(),
             maybe_applied: true,
+            ..Self::new(operation, Severity::Retryable, detail)
+        }
+    }
+
+    /// No answer within `after`: possibly carried out.
+    pub fn timed_out(operation: &'static str, after: Duration) -> Self {
+        Self {
+            timed_out: true,
+            ..Self::ambiguous(
+                operation,
+                format!("no answer within {} ms", after.as_millis()),
+            )
+        }
+    }
+
+    /// The service throttled the request: not carried out, retry later.
+    pub fn throttled(operation: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            throttled: true,
+            ..Self::new(operation, Severity::Retryable, detail)
         }
     }
 }
@@ -165,29 +188,35 @@ pub enum ClaimOutcome {
 #[derive(Clone, Debug)]
 pub struct Claim<'a> {
     pub id: &'a str,
-    /// Identifies the pass, so only the holder can release its claim.
+    /// Identifies the pass, for operators reading the table.
     pub owner: &'a str,
+    /// Unique to this claim: a retried claim that finds its own first attempt's item knows it
+    /// by the token, and only this token releases it.
+    pub token: &'a str,
     /// Wall-clock ms after which the claim may be taken over (the holder is presumed dead).
     pub lease_until_ms: u64,
     /// Wall-clock now, ms.
     pub now_ms: u64,
     /// Epoch seconds when the record may be deleted by TTL.
     pub expires_at: u64,
-    pub topic: &'a str,
-    pub group: &'a str,
 }
 
+/// At most this many ids per `complete` call (DynamoDB's `BatchWriteItem` limit).
+pub const COMPLETE_CHUNK: usize = 25;
+
 /// The dedup table, in the Powertools idempotency style: claim → side effect → complete,
-/// releasing the claim when the side effect fails.
+/// releasing the claim when the side effect fails. Each method is one request; the pass
+/// retries and paces them.
 pub trait DedupStore: Send + Sync + 'static {
     /// Conditional write: succeeds when no live record exists for the id.
     fn claim(
         &self,
         claim: Claim<'_>,
+        deadline: Instant,
     ) -> impl Future<Output = Result<ClaimOutcome, PortError>> + Send;
 
-    /// Records ids as enqueued (or parked), for `expires_at` (epoch seconds). Unconditional and
-    /// idempotent; returns the ids that could not be recorded.
+    /// Records up to [`COMPLETE_CHUNK`] ids as enqueued (or parked), for `expires_at` (epoch
+    /// seconds). Unconditional and idempotent; returns the ids that were not processed.
     fn complete(
         &self,
         ids: &[(String, bool)],
@@ -195,8 +224,14 @@ pub trait DedupStore: Send + Sync + 'static {
         deadline: Instant,
     ) -> impl Future<Output = Result<Vec<String>, PortError>> + Send;
 
-    /// Deletes our claim so the redelivery can be enqueued. Only the owner's live claim goes.
-    fn release(&self, id: &str, owner: &str) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// Deletes our claim so the redelivery can be enqueued. Only the claim with this token
+    /// goes: never a fresh claim of the same id made since.
+    fn release(
+        &self,
+        id: &str,
+        token: &str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
 }
 
 /// Counts of AWS requests and capacity, for the report and the cost model.
@@ -213,9 +248,4 @@ pub trait Metered {
     fn usage(&self) -> Usage {
         Usage::default()
     }
-}
-
-/// A pause that respects a deadline; `None` when the pause would pass it.
-pub fn pause_within(pause: Duration, deadline: Instant) -> Option<Duration> {
-    (Instant::now() + pause < deadline).then_some(pause)
 }

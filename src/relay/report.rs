@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::flow::FlowReport;
 use super::ports::Usage;
 
 /// Why a consume loop stopped. Ordered by how much an operator needs to know (worst last).
@@ -36,6 +37,9 @@ pub struct Counts {
     pub parked: u64,
     /// Left unconfirmed for TMC to redeliver (retryable failures that outlived the budget).
     pub deferred: u64,
+    /// Of `deferred`, those whose last request got no answer, so SQS may hold them: their
+    /// claims are kept until the lease ends, and a redelivery after that may be a copy.
+    pub unknown_outcome: u64,
     /// Claimed by another live pass, which will confirm them.
     pub held_elsewhere: u64,
     /// Without a valid id: cannot be confirmed; logged and parked for inspection.
@@ -57,6 +61,7 @@ impl Counts {
         self.duplicates += o.duplicates;
         self.parked += o.parked;
         self.deferred += o.deferred;
+        self.unknown_outcome += o.unknown_outcome;
         self.held_elsewhere += o.held_elsewhere;
         self.invalid += o.invalid;
         self.confirmed += o.confirmed;
@@ -103,6 +108,13 @@ pub struct Report {
     pub oldest_message_age_seconds: Option<u64>,
     /// Mean time from a batch's consume to its confirm.
     pub batch_latency_ms: Option<u64>,
+    /// AWS request attempts that got no answer within their timeout: an operator sees a slow
+    /// AWS here before it costs copies.
+    pub timeouts: u64,
+    /// AWS request attempts the services throttled.
+    pub throttles: u64,
+    /// What flow control did per service: limits, peak requests in flight, latency.
+    pub flow: FlowReport,
     /// AWS requests and DynamoDB capacity used by this pass.
     pub usage: Usage,
     pub groups: Vec<GroupReport>,

@@ -22,16 +22,16 @@ fn msg(id: u64) -> TmcMessage {
 
 fn relay() -> (Arc<TestRelay>, EventLog) {
     let log = EventLog::default();
-    let r = Relay {
-        tmc: MemoryTmc::new(log.clone()),
-        queue: MemoryQueue::new("relay", log.clone()),
-        parking: MemoryQueue::new("parking", log.clone()),
-        store: MemoryStore::default(),
-        settings: RelaySettings {
+    let r = Relay::new(
+        MemoryTmc::new(log.clone()),
+        MemoryQueue::new("relay", log.clone()),
+        MemoryQueue::new("parking", log.clone()),
+        MemoryStore::default(),
+        RelaySettings {
             max_send_attempts: 3,
             ..RelaySettings::default()
         },
-    };
+    );
     (Arc::new(r), log)
 }
 
@@ -128,6 +128,7 @@ async fn live_claim_elsewhere_blocks_enqueue_and_confirm() {
         Record {
             status: "claimed",
             owner: "other".into(),
+            token: "t-other".into(),
             lease_until_ms: far,
             expires_at: far / 1000 + 86_400,
         },
@@ -149,6 +150,7 @@ async fn expired_claim_is_taken_over() {
         Record {
             status: "claimed",
             owner: "dead".into(),
+            token: "t-other".into(),
             lease_until_ms: past,
             expires_at: past / 1000 + 86_400,
         },
@@ -168,6 +170,7 @@ async fn expired_done_record_counts_as_absent() {
         Record {
             status: "done",
             owner: String::new(),
+            token: "t-other".into(),
             lease_until_ms: 0,
             expires_at: 1,
         },
@@ -250,16 +253,16 @@ async fn unknown_outcome_resends_once_on_standard_all_attempts_on_fifo() {
     let log = EventLog::default();
     let mut queue = MemoryQueue::new("relay", log.clone());
     queue.fifo = true;
-    let fifo = Relay {
-        tmc: MemoryTmc::new(log.clone()),
+    let fifo = Relay::new(
+        MemoryTmc::new(log.clone()),
         queue,
-        parking: MemoryQueue::new("parking", log.clone()),
-        store: MemoryStore::default(),
-        settings: RelaySettings {
+        MemoryQueue::new("parking", log.clone()),
+        MemoryStore::default(),
+        RelaySettings {
             max_send_attempts: 3,
             ..RelaySettings::default()
         },
-    };
+    );
     let fifo = Arc::new(fifo);
     time_out_sends(&fifo, 2);
     fifo.tmc.push(Ok(vec![msg(1)]));
@@ -729,4 +732,107 @@ async fn report_json_shape() {
     assert_eq!(v["stop_reason"], "empty");
     assert_eq!(v["groups"][0]["group"], "default");
     assert_eq!(v["groups"][0]["enqueued"], 1);
+}
+
+/// A batch of `n` messages with ids from `first`.
+fn batch(first: u64, n: u64) -> Vec<TmcMessage> {
+    (first..first + n).map(msg).collect()
+}
+
+/// SQS and DynamoDB that serve few requests at once and slowly, with the default settings
+/// (parallelism 32, depth 4): the pass takes longer, and costs no timeout, no copy and no
+/// deferral. Flow control keeps the requests in flight near what the endpoints serve.
+#[tokio::test(start_paused = true)]
+async fn slow_aws_costs_time_not_copies() {
+    let log = EventLog::default();
+    let r = Arc::new(Relay::new(
+        MemoryTmc::new(log.clone()),
+        MemoryQueue::new("relay", log.clone()),
+        MemoryQueue::new("parking", log.clone()),
+        MemoryStore::default(),
+        RelaySettings::default(),
+    ));
+    *r.queue.workers.lock().unwrap() = Some(Arc::new(tokio::sync::Semaphore::new(2)));
+    *r.queue.latency.lock().unwrap() = Duration::from_millis(400);
+    *r.store.workers.lock().unwrap() = Some(Arc::new(tokio::sync::Semaphore::new(4)));
+    *r.store.latency.lock().unwrap() = Duration::from_millis(60);
+    for b in 0..10 {
+        r.tmc.push(Ok(batch(1_000 + b * 200, 200)));
+    }
+    let rep = r
+        .run(PassOptions {
+            deadline: Instant::now() + Duration::from_secs(3600),
+            ..opts()
+        })
+        .await;
+    assert_eq!(rep.stop_reason, StopReason::Empty, "{rep:?}");
+    assert_eq!(
+        (
+            rep.counts.enqueued,
+            rep.counts.confirmed,
+            rep.counts.deferred
+        ),
+        (2000, 2000, 0)
+    );
+    assert_eq!((rep.timeouts, rep.counts.unknown_outcome), (0, 0));
+    let ids = r.queue.ids();
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!((ids.len(), distinct.len()), (2000, 2000), "each id once");
+    assert!(
+        rep.flow.sqs.peak_in_flight < 16 && rep.flow.dynamodb.peak_in_flight < 24,
+        "in flight stayed near what the endpoints serve: {:?}",
+        rep.flow
+    );
+    assert_confirmed_after_acceptance(&log);
+}
+
+/// A call-limit ban too long to add to the clock (u64::MAX or i64::MAX seconds, as the
+/// platform's text may say) stops the pass as rate limited; nothing overflows.
+#[tokio::test]
+async fn absurd_bans_saturate() {
+    for secs in [
+        "18446744073709551615",
+        "9223372036854775807",
+        "99999999999999999999999",
+    ] {
+        let (r, _) = relay();
+        r.tmc.push(Err(TopError::Api {
+            method: crate::top::api::CONSUME,
+            code: 7,
+            msg: "App Call Limited".into(),
+            sub_code: Some("accesscontrol.limited-by-app-access-count".into()),
+            sub_msg: Some(format!("This ban will last for {secs} more seconds")),
+            request_id: None,
+        }));
+        let rep = r.run(opts()).await;
+        assert_eq!(rep.stop_reason, StopReason::RateLimited, "{secs}");
+        assert!(rep.ban_seconds.unwrap() >= i64::MAX as u64, "{secs}");
+    }
+}
+
+/// A release names its claim's token: once another claim of the same id holds the record
+/// (taken over after the lease), a late release of the old claim leaves it alone.
+#[tokio::test]
+async fn release_spares_a_fresh_claim_of_the_same_id() {
+    use crate::relay::ports::{Claim, DedupStore};
+    let store = MemoryStore::default();
+    let now_ms = crate::top::clock::epoch_millis(std::time::SystemTime::now());
+    let claim = |token: &'static str, lease_until_ms| Claim {
+        id: "77",
+        owner: "pass",
+        token,
+        lease_until_ms,
+        now_ms,
+        expires_at: now_ms / 1000 + 86_400,
+    };
+    let far = Instant::now() + Duration::from_secs(5);
+    store.claim(claim("old", now_ms - 1), far).await.unwrap();
+    store
+        .claim(claim("fresh", now_ms + 60_000), far)
+        .await
+        .unwrap();
+    store.release("77", "old", far).await.unwrap();
+    assert_eq!(store.records.lock().unwrap()["77"].token, "fresh");
+    store.release("77", "fresh", far).await.unwrap();
+    assert_eq!(store.status("77"), None);
 }

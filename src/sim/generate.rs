@@ -83,7 +83,8 @@ impl Generator {
         loop {
             let id = self.next_id;
             self.next_id = self.next_id.wrapping_add(1 + self.ids.below(4096));
-            if self.next_id <= TWO_POW_53 {
+            // Real ids are Java longs above 2^53.
+            if self.next_id <= TWO_POW_53 || self.next_id > i64::MAX as u64 {
                 self.next_id = FIRST_ID;
             }
             if !taken(id) {

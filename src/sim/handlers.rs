@@ -260,6 +260,13 @@ impl Inner {
                     "message id 0 is not valid",
                 ));
             }
+            // The platform reads ids as Java longs: a larger number fails the whole call.
+            if id > i64::MAX as u64 {
+                return Err(ApiError::invalid(
+                    "s_message_ids",
+                    "message id is not a valid long",
+                ));
+            }
             ids.push(id);
         }
         let group = self.existing_group(p)?;
@@ -411,7 +418,15 @@ mod tests {
             .map(|i| i.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        for ids in [many.as_str(), "1,x", "1,,2", "0", "18446744073709551616"] {
+        for ids in [
+            many.as_str(),
+            "1,x",
+            "1,,2",
+            "0",
+            "18446744073709551616",
+            "18446744073709551615",
+            "5,9223372036854775808",
+        ] {
             let (_, v) = request(&s, api::CONFIRM, &[("s_message_ids", ids)]);
             assert_eq!(error_code(&v), Some(41), "{ids}");
         }
@@ -419,7 +434,7 @@ mod tests {
             &s,
             api::CONFIRM,
             &[
-                ("s_message_ids", "18446744073709551615"),
+                ("s_message_ids", "9223372036854775807"),
                 ("simplify", "true"),
             ],
         );

@@ -686,18 +686,17 @@ mod tests {
         assert!(!s.delete_group("g1"));
     }
 
-    /// A deep queue: consuming from 100,000 messages touches only what it hands out.
+    /// A deep queue: 100,000 messages are handed out exactly once, and come back in order when
+    /// their leases end. (Its speed is measured by `make bench`.)
     #[test]
-    fn deep_queue_consume_is_fast() {
+    fn deep_queue_consume_hands_out_everything() {
         let mut s = Store::new(LEASE, RETENTION);
         s.publish(DEFAULT_GROUP, (1..=100_000).map(msg).collect(), T0);
-        let start = std::time::Instant::now();
         let mut n = 0;
         for i in 0..500 {
             n += s.consume(DEFAULT_GROUP, 200, T0 + i).unwrap().len();
         }
         assert_eq!(n, 100_000);
-        assert!(start.elapsed() < std::time::Duration::from_secs(2));
         // Every lease ends at once: they all become visible again in order.
         assert_eq!(
             ids(s.consume(DEFAULT_GROUP, 3, T0 + 500 + LEASE)),

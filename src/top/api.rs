@@ -138,6 +138,14 @@ fn check_ids_count(method: &'static str, n: usize, max: usize, what: &str) -> Re
     Ok(())
 }
 
+/// The messages of a decoded consume response (any list shape). Pure, so it can be fed
+/// arbitrary bodies; a message with defects is kept with them recorded, never dropped.
+pub fn consume_messages(inner: &Map<String, Value>) -> Result<Vec<TmcMessage>, TopError> {
+    let items = list(inner.get("messages"))
+        .map_err(|r| undecodable(CONSUME, format!("messages: {r}"), inner))?;
+    Ok(items.into_iter().map(TmcMessage::from_value).collect())
+}
+
 impl TopClient {
     /// Pulls up to `quantity` (10..=200) messages from `group` (the default group when `None`).
     pub async fn consume(
@@ -156,9 +164,7 @@ impl TopClient {
         push_group(&mut params, group);
         params.push(("quantity", quantity.to_string()));
         let inner = self.call(CONSUME, &params, None, deadline).await?;
-        let items = list(inner.get("messages"))
-            .map_err(|r| undecodable(CONSUME, format!("messages: {r}"), &inner))?;
-        Ok(items.into_iter().map(TmcMessage::from_value).collect())
+        consume_messages(&inner)
     }
 
     /// Confirms `ids` in chunks of at most 200; one result per chunk, in order.
@@ -190,6 +196,12 @@ impl TopClient {
             return Err(invalid(CONFIRM, "no ids to confirm"));
         }
         check_ids_count(CONFIRM, ids.len(), CONFIRM_CHUNK, "ids per confirm")?;
+        if let Some(bad) = ids.iter().find(|&&i| i == 0 || i > super::message::MAX_ID) {
+            return Err(invalid(
+                CONFIRM,
+                format!("{bad} is not a TMC message id (1..=i64::MAX)"),
+            ));
+        }
         let mut params = Vec::with_capacity(2);
         push_group(&mut params, group);
         let joined = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
@@ -266,7 +278,7 @@ impl TopClient {
             user_nick: text(u, "user_nick"),
             user_id: u
                 .get("user_id")
-                .and_then(|v| super::message::parse_id(v).ok()),
+                .and_then(|v| super::message::parse_u64(v).ok()),
             topics: comma_list(u, "topics"),
             is_valid: boolean(u.get("is_valid")),
             group_name: text(u, "group_name"),

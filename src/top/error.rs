@@ -175,14 +175,23 @@ pub fn classify_api(code: i64, sub_code: Option<&str>, sub_msg: Option<&str>) ->
     }
 }
 
-/// Extracts N from "This ban will last for N more seconds".
+/// Extracts N from "This ban will last for N more seconds". The number is the platform's
+/// text: one too large for 64 bits saturates (a ban longer than any budget is just that).
 pub fn parse_ban(sub_msg: &str) -> Option<Duration> {
     let lower = sub_msg.to_ascii_lowercase();
     let idx = lower.find("last for")?;
-    let rest = lower[idx + "last for".len()..].trim_start();
-    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-    let secs: u64 = digits.parse().ok()?;
-    Some(Duration::from_secs(secs))
+    let rest = lower.get(idx + "last for".len()..)?.trim_start();
+    let digits = rest.bytes().take_while(u8::is_ascii_digit);
+    let mut secs: Option<u64> = None;
+    for d in digits {
+        let so_far = secs.unwrap_or(0);
+        secs = Some(
+            so_far
+                .saturating_mul(10)
+                .saturating_add(u64::from(d - b'0')),
+        );
+    }
+    secs.map(Duration::from_secs)
 }
 
 /// The first `max` bytes of a body as text (lossy), for error evidence.
@@ -277,6 +286,20 @@ mod tests {
             Some(Duration::from_secs(1))
         );
         assert_eq!(parse_ban("App Call Limited"), None);
+        for huge in [
+            "This ban will last for 18446744073709551615 more seconds",
+            "This ban will last for 99999999999999999999999999 more seconds",
+        ] {
+            assert_eq!(
+                parse_ban(huge),
+                Some(Duration::from_secs(u64::MAX)),
+                "{huge}"
+            );
+        }
+        assert_eq!(
+            parse_ban("This ban will last for 9223372036854775807 more seconds"),
+            Some(Duration::from_secs(i64::MAX as u64))
+        );
         assert_eq!(parse_ban("This ban will last for many more seconds"), None);
         assert_eq!(
             classify_api(7, None, Some("busy")),

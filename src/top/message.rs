@@ -43,7 +43,7 @@ impl TmcMessage {
             content: text("content"),
             pub_time: text("pub_time"),
             pub_app_key: field("pub_app_key").and_then(scalar_text),
-            user_id: field("user_id").and_then(|v| parse_id(v).ok()),
+            user_id: field("user_id").and_then(|v| parse_u64(v).ok()),
             user_nick: text("user_nick"),
             raw: v,
         }
@@ -55,9 +55,24 @@ impl TmcMessage {
     }
 }
 
-/// A valid id is a JSON integer in `1..=u64::MAX`, or a string of such digits. serde_json
-/// reads integers straight into `u64`/`i64`, never through `f64`, so the digits are exact.
+/// The largest TMC id: the platform's SDKs hold ids as Java `Long`s, and one larger number
+/// in `s_message_ids` can fail its whole confirm call.
+pub const MAX_ID: u64 = i64::MAX as u64;
+
+/// A valid message id is a JSON integer in `1..=i64::MAX`, or a string of such digits.
 pub fn parse_id(v: &Value) -> Result<u64, String> {
+    let id = parse_u64(v)?;
+    if id > MAX_ID {
+        return Err(format!(
+            "id {id} is above the largest TMC id ({MAX_ID}, a Java long)"
+        ));
+    }
+    Ok(id)
+}
+
+/// A JSON integer in `1..=u64::MAX`, or a string of such digits (user ids). serde_json reads
+/// integers straight into `u64`/`i64`, never through `f64`, so the digits are exact.
+pub fn parse_u64(v: &Value) -> Result<u64, String> {
     match v {
         Value::Number(n) => {
             if let Some(u) = n.as_u64() {
@@ -129,7 +144,6 @@ mod tests {
         assert_eq!(id_of("9007199254740993"), Ok(9_007_199_254_740_993)); // 2^53 + 1
         assert_eq!(id_of("7104300007405429232"), Ok(7_104_300_007_405_429_232));
         assert_eq!(id_of("9223372036854775807"), Ok(i64::MAX as u64));
-        assert_eq!(id_of("18446744073709551615"), Ok(u64::MAX));
         assert_eq!(
             id_of("\"1172200053212681005\""),
             Ok(1_172_200_053_212_681_005)
@@ -148,6 +162,15 @@ mod tests {
         assert!(id_of("18446744073709551616")
             .unwrap_err()
             .contains("64-bit"));
+        // Above a Java long: not a TMC id, and it would fail its whole confirm chunk.
+        for above in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "\"9223372036854775808\"",
+        ] {
+            let e = id_of(above).unwrap_err();
+            assert!(e.contains("largest TMC id"), "{above}: {e}");
+        }
         assert!(id_of("1.5").unwrap_err().contains("64-bit"));
         assert!(id_of("7104300007405429232.0")
             .unwrap_err()

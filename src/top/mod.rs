@@ -6,12 +6,15 @@
 //! - `error`: `TopError` and its classification.
 //! - `message`: `TmcMessage` with exact 64-bit ids.
 //! - `client`: HTTP, signing, retries. `api`: one typed call per method.
+//! - `fuzz` (tests): property tests feeding the decoders arbitrary bodies and texts.
 
 pub mod api;
 pub mod client;
 pub mod clock;
 pub mod envelope;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod message;
 mod secret;
 pub mod sign;
