@@ -64,6 +64,8 @@ pub fn relay_clients(
 ) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(CONNECT_TIMEOUT)
+        .disable_operation_attempt_timeout()
+        .disable_operation_timeout()
         .build();
     let once = RetryConfig::standard().with_max_attempts(1);
     let sqs = aws_sdk_sqs::config::Builder::from(sdk)

@@ -61,36 +61,63 @@ async fn publish(sim: &SimServer, n: u64) -> (Vec<u64>, HashMap<String, String>)
     (ids, by_id)
 }
 
-/// A thousand messages are drained into SQS exactly once, with exact ids and content, and all
-/// confirmed.
+/// 3,000 messages are drained into moto's SQS in one pass with the default settings, exactly
+/// once, with exact ids and content, and all confirmed: moto serves one request at a time and
+/// slows as its queue fills, which costs time, never a timeout, a copy or a deferral.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drains_a_thousand_messages_exactly_once() {
+async fn drains_three_thousand_messages_exactly_once_with_the_defaults() {
+    const N: usize = 3000;
     let sim = sim(Duration::from_secs(300)).await;
     let env = Env::new(false).await;
-    let (ids, contents) = publish(&sim, 1000).await;
+    let (ids, contents) = publish(&sim, N as u64).await;
     assert!(
         ids.iter().all(|&i| i > 1 << 53),
         "the simulator's ids exceed 2^53"
     );
     let app = env.app(&sim.gateway_url()).await;
-    let report = app.run(&run_opts(120), None, Default::default()).await;
+    let started = std::time::Instant::now();
+    let report = app.run(&run_opts(900), None, Default::default()).await;
+    eprintln!(
+        "3,000 through moto with the defaults: {:?}; flow {:?}",
+        started.elapsed(),
+        report.flow
+    );
     assert_eq!(report.stop_reason, StopReason::Empty, "{report:?}");
+    let c = &report.counts;
     assert_eq!(
         (
-            report.counts.consumed,
-            report.counts.enqueued,
-            report.counts.confirmed
+            c.consumed,
+            c.enqueued,
+            c.confirmed,
+            c.deferred,
+            c.unknown_outcome
         ),
-        (1000, 1000, 1000)
+        (N as u64, N as u64, N as u64, 0, 0),
+        "{report:?}"
     );
+    assert_eq!(report.timeouts, 0, "{:?}", report.flow);
     assert!(
-        report.usage.sqs_requests <= 110,
+        report.usage.sqs_requests <= (N as u64) / 10 + 10,
         "one SQS request per 10 messages: {}",
         report.usage.sqs_requests
     );
 
-    let got = env.drain(&env.queue_url).await;
-    assert_eq!(got.len(), 1000);
+    // Every id was confirmed, and the relay confirms only what SQS accepted: so each id is in
+    // the queue at least once, and N messages in all means each exactly once. (Reading 3,000
+    // back from moto would take minutes: its receives slow with depth.)
+    let state = sim.state();
+    assert_eq!(
+        (
+            state.confirmed,
+            state.pending,
+            state.inflight,
+            state.deliveries
+        ),
+        (N as u64, 0, 0, N as u64)
+    );
+    assert_eq!(env.depth(&env.queue_url).await, N as u64, "no copies");
+    let got = env.receive(&env.queue_url, 50).await;
+    assert_eq!(got.len(), 50);
     let mut seen = HashSet::new();
     for m in &got {
         let body = m.json();
@@ -108,12 +135,7 @@ async fn drains_a_thousand_messages_exactly_once() {
         assert_eq!(body["group_name"], "default");
     }
     let expected: HashSet<String> = ids.iter().map(u64::to_string).collect();
-    assert_eq!(seen, expected);
-    let state = sim.state();
-    assert_eq!(
-        (state.confirmed, state.pending, state.inflight),
-        (1000, 0, 0)
-    );
+    assert!(seen.is_subset(&expected));
     assert_eq!(
         env.status(&ids[0].to_string()).await.as_deref(),
         Some("done")

@@ -142,6 +142,8 @@ impl FakeAws {
             stats: Mutex::default(),
             accepted: Mutex::default(),
             stopping: stopping.clone(),
+            pools: Mutex::default(),
+            in_flight: Mutex::default(),
         });
         let app =
             server::router(shared.clone()).into_make_service_with_connect_info::<server::Conn>();

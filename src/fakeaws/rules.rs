@@ -38,6 +38,11 @@ pub struct OpRules {
     /// (`InvalidParameterValue`); the rest are `SenderFault: false` (`InternalError` or
     /// `ServiceUnavailable`).
     pub sender_fault_share: f64,
+    /// An overloaded server: when above 0, the requests under this rule (this operation, or
+    /// every operation `"*"` covers) are served by this many workers at once, each for the
+    /// latency; the rest wait for a worker. Latency then grows with the requests in flight
+    /// beyond the capacity, as it does on a real queueing server. 0: no limit.
+    pub capacity: u32,
 }
 
 impl OpRules {
@@ -96,11 +101,19 @@ impl Rules {
 
     /// The rule in force for `op`.
     pub fn for_op(&self, op: &str) -> OpRules {
-        self.0
-            .get(op)
-            .or_else(|| self.0.get(ANY_OPERATION))
-            .cloned()
-            .unwrap_or_default()
+        self.rule_for(op).1
+    }
+
+    /// The rule in force for `op` and the key it is stored under (`op` or `"*"`): requests
+    /// under one key share its capacity.
+    pub fn rule_for(&self, op: &str) -> (String, OpRules) {
+        match self.0.get(op) {
+            Some(r) => (op.to_owned(), r.clone()),
+            None => (
+                ANY_OPERATION.to_owned(),
+                self.0.get(ANY_OPERATION).cloned().unwrap_or_default(),
+            ),
+        }
     }
 
     /// Rejects rates outside `0..=1` and delays over [`MAX_DELAY_MS`].
@@ -199,12 +212,32 @@ pub struct OpStats {
     pub failed_entries: u64,
     /// Of `failed_entries`, those with `SenderFault: true`.
     pub sender_fault_entries: u64,
+    /// Requests whose client stopped waiting before the answer (its own timeout, or it was
+    /// killed): carried out or not, the client does not know.
+    pub abandoned: u64,
+    /// Messages a backend stored for a request whose client had stopped waiting
+    /// (`SendMessage`/`SendMessageBatch`): each may come back as a copy.
+    pub abandoned_entries: u64,
+    /// The most requests of this operation inside fake-aws at once (waiting or served).
+    pub peak_in_flight: u64,
+    /// Sum over requests of the requests in flight each found on arrival (itself included):
+    /// divided by `requests`, the load a request typically met.
+    pub in_flight_seen: u64,
 }
 
 impl OpStats {
     /// Every injected fault, whole-request or per entry.
     pub fn faults(&self) -> u64 {
         self.throttled + self.error500 + self.lost_responses + self.failed_entries
+    }
+
+    /// The mean number of requests in flight a request found on arrival.
+    pub fn mean_in_flight(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.in_flight_seen as f64 / self.requests as f64
+        }
     }
 }
 
@@ -229,6 +262,10 @@ impl FaultStats {
             t.lost_responses += s.lost_responses;
             t.failed_entries += s.failed_entries;
             t.sender_fault_entries += s.sender_fault_entries;
+            t.abandoned += s.abandoned;
+            t.abandoned_entries += s.abandoned_entries;
+            t.peak_in_flight = t.peak_in_flight.max(s.peak_in_flight);
+            t.in_flight_seen += s.in_flight_seen;
             t
         })
     }

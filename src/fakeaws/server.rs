@@ -51,6 +51,10 @@ pub(crate) struct Shared {
     pub accepted: Mutex<Vec<Accepted>>,
     /// Flips to true at shutdown, ending injected delays early.
     pub stopping: watch::Receiver<bool>,
+    /// The workers of rules with a capacity, by rule key and capacity.
+    pub pools: Mutex<HashMap<(String, u32), Arc<tokio::sync::Semaphore>>>,
+    /// Requests inside fake-aws now, per operation.
+    pub in_flight: Mutex<HashMap<String, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,6 +84,41 @@ impl Shared {
         f(lock(&self.stats).ops.entry(op.to_owned()).or_default());
     }
 
+    /// Counts a request in; the guard counts it out.
+    fn enter(self: &Arc<Self>, op: &str) -> InFlight {
+        let now = {
+            let mut m = lock(&self.in_flight);
+            let n = m.entry(op.to_owned()).or_default();
+            *n += 1;
+            *n
+        };
+        self.count(op, |s| {
+            s.peak_in_flight = s.peak_in_flight.max(now);
+            s.in_flight_seen += now;
+        });
+        InFlight {
+            shared: Arc::clone(self),
+            op: op.to_owned(),
+        }
+    }
+
+    /// A worker of the rule's pool, when the rule has a capacity.
+    async fn worker(&self, key: &str, capacity: u32) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if capacity == 0 {
+            return None;
+        }
+        let pool = Arc::clone(
+            lock(&self.pools)
+                .entry((key.to_owned(), capacity))
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(capacity as usize))),
+        );
+        let mut stop = self.stopping.clone();
+        tokio::select! {
+            w = pool.acquire_owned() => w.ok(),
+            _ = stop.wait_for(|s| *s) => None,
+        }
+    }
+
     /// Sleeps, or returns early at shutdown.
     async fn pause(&self, ms: u64) {
         if ms == 0 {
@@ -89,6 +128,37 @@ impl Shared {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
             _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+}
+
+/// One request inside fake-aws, counted out when dropped.
+struct InFlight {
+    shared: Arc<Shared>,
+    op: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(n) = lock(&self.shared.in_flight).get_mut(&self.op) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Set when the client stops waiting for an answer (hyper drops the handler).
+struct Waiting {
+    gone: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    op: String,
+    answered: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.gone.store(true, Ordering::SeqCst);
+            self.shared.count(&self.op, |s| s.abandoned += 1);
         }
     }
 }
@@ -274,13 +344,25 @@ async fn aws(
         .to_owned();
     // Run the work in its own task: if the client disconnects (killed, or its own timeout),
     // hyper drops this handler, but a request the backend already carried out must still be
-    // logged as accepted.
+    // logged as accepted, as unanswered.
+    let gone = Arc::new(AtomicBool::new(false));
+    let mut waiting = Waiting {
+        gone: Arc::clone(&gone),
+        shared: Arc::clone(&st),
+        op: op.clone(),
+        answered: false,
+    };
     let work = {
         let st = Arc::clone(&st);
         let (method, headers) = (parts.method, parts.headers);
-        tokio::spawn(async move { handle(&st, service, &op, method, &path, &headers, body).await })
+        tokio::spawn(async move {
+            let _inside = st.enter(&op);
+            handle(&st, service, &op, method, &path, &headers, body, &gone).await
+        })
     };
-    let outcome = match work.await {
+    let joined = work.await;
+    waiting.answered = true;
+    let outcome = match joined {
         Ok(outcome) => outcome,
         Err(_) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, "fake-aws handler failed").into_response()
@@ -332,6 +414,7 @@ fn split(op: &str, body: &Value, rules: &OpRules, rng: &mut SplitMix64) -> Optio
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     st: &Shared,
     service: Service,
@@ -340,8 +423,11 @@ async fn handle(
     path: &str,
     headers: &HeaderMap,
     body: Bytes,
+    client_gone: &AtomicBool,
 ) -> Outcome {
-    let rules = st.rules().for_op(op);
+    let (key, rules) = st.rules().rule_for(op);
+    // An overloaded server: wait for a worker, who then takes the latency.
+    let _worker = st.worker(&key, rules.capacity).await;
     let n = {
         let mut c = lock(&st.counters);
         let slot = c.entry(op.to_owned()).or_default();
@@ -400,7 +486,8 @@ async fn handle(
 
     let lost = fault == Some(Fault::LostResponse);
     if answer.is_success() {
-        answer = post_process(st, op, answer, sent, held, lost);
+        let gone = client_gone.load(Ordering::SeqCst);
+        answer = post_process(st, op, answer, sent, held, lost, gone);
     }
     if lost {
         st.count(op, |s| s.lost_responses += 1);
@@ -444,7 +531,9 @@ async fn call_upstream(
     }
 }
 
-/// Records acceptances, adds held-back entries, fixes moto's SenderFault strings.
+/// Records acceptances (unanswered when the answer was lost or the client had gone), adds
+/// held-back entries, fixes moto's SenderFault strings.
+#[allow(clippy::too_many_arguments)]
 fn post_process(
     st: &Shared,
     op: &str,
@@ -452,6 +541,7 @@ fn post_process(
     sent: Option<&Value>,
     held: Option<Value>,
     lost: bool,
+    client_gone: bool,
 ) -> Answer {
     let mut changed = false;
     let mut json: Value = match serde_json::from_slice(&answer.body) {
@@ -464,8 +554,12 @@ fn post_process(
         }
     };
     if let Some(req) = sent {
-        let acc = batch::accepted_from(op, req, &json, now_ms(), lost);
+        let acc = batch::accepted_from(op, req, &json, now_ms(), lost || client_gone);
         if !acc.is_empty() {
+            if client_gone {
+                let n = acc.len() as u64;
+                st.count(op, |s| s.abandoned_entries += n);
+            }
             lock(&st.accepted).extend(acc);
         }
     }

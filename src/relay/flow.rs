@@ -31,7 +31,9 @@ use super::ports::PortError;
 /// How a limiter starts and where it stays.
 #[derive(Clone, Debug)]
 pub struct LimitConfig {
-    /// Requests in flight before anything was measured.
+    /// Requests in flight before anything was measured. Low, like TCP's slow start: the first
+    /// windows then show the endpoint's latency without queueing, which the limit measures
+    /// everything after against; it grows to the ceiling within a few dozen answers.
     pub initial: usize,
     /// Never more than this (`RELAY_PARALLELISM`).
     pub ceiling: usize,
@@ -48,7 +50,7 @@ impl LimitConfig {
     pub fn new(parallelism: usize) -> Self {
         let ceiling = parallelism.max(1);
         Self {
-            initial: ceiling.min(8),
+            initial: ceiling.min(2),
             ceiling,
             timeout_floor: Duration::from_secs(10),
             floor_epoch: Duration::from_secs(60),
@@ -141,6 +143,8 @@ struct State {
 #[derive(Debug, Default)]
 struct Window {
     samples: u32,
+    /// Samples that were answers (their latencies are in `total`).
+    answered: u32,
     total: Duration,
     /// A throttle or a timeout was seen: the limit goes down whatever the latency says.
     dropped: bool,
@@ -307,13 +311,8 @@ impl Limiter {
             Signal::Answered => {
                 st.backoff = 1;
                 learn_latency(&mut st, latency);
-                let now = Instant::now();
-                if now.saturating_duration_since(st.epoch_started) >= self.cfg.floor_epoch {
-                    st.floor_before = st.floor_now.take();
-                    st.epoch_started = now;
-                }
-                st.floor_now = Some(st.floor_now.map_or(latency, |f| f.min(latency)));
                 st.window.samples += 1;
+                st.window.answered += 1;
                 st.window.total = st.window.total.saturating_add(latency);
             }
             Signal::Throttled => {
@@ -332,6 +331,17 @@ impl Limiter {
         if st.window.samples >= wanted {
             let before = st.limit;
             st.limit = next_limit(&st, self.cfg.ceiling);
+            // The floor is the lowest window mean, not the lowest sample: a lucky fast answer
+            // on a jittery endpoint is not its no-load latency.
+            if !st.window.dropped && st.window.answered > 0 {
+                let mean = st.window.total / st.window.answered;
+                let now = Instant::now();
+                if now.saturating_duration_since(st.epoch_started) >= self.cfg.floor_epoch {
+                    st.floor_before = st.floor_now.take();
+                    st.epoch_started = now;
+                }
+                st.floor_now = Some(st.floor_now.map_or(mean, |f| f.min(mean)));
+            }
             st.window = Window {
                 peak_in_flight: st.in_flight,
                 ..Window::default()
@@ -416,14 +426,14 @@ fn next_limit(st: &State, ceiling: usize) -> f64 {
     let next = if st.window.dropped {
         limit / 2.0
     } else {
-        let answered = st.window.samples.max(1);
-        let mean = st.window.total / answered;
+        let mean = st.window.total / st.window.answered.max(1);
         match floor(st) {
-            None => limit,
+            // The first window sets the floor: grow from there.
+            None => limit + log,
             Some(_) if mean.is_zero() => limit + log,
             Some(f) => {
                 let queue = limit * (1.0 - f.as_secs_f64() / mean.as_secs_f64()).max(0.0);
-                let (alpha, beta) = ((3.0 * log).max(2.0), (6.0 * log).max(4.0));
+                let (alpha, beta) = (2.0 * log, 4.0 * log);
                 // Growth only when the limit is being used: an idle limit says nothing.
                 let used = st.window.peak_in_flight as f64 >= limit / 2.0;
                 if queue <= log && used {
@@ -636,7 +646,7 @@ mod tests {
     async fn grows_to_the_ceiling_while_latency_stays_flat() {
         let l = limiter(32);
         let server = Server::new(1000, Duration::from_millis(10));
-        assert_eq!(l.limit(), 8, "starts low");
+        assert_eq!(l.limit(), 2, "starts low");
         load(&l, &server, 64, 40).await;
         assert_eq!(l.limit(), 32);
         assert_eq!(l.report().peak_in_flight, 32);
@@ -682,7 +692,13 @@ mod tests {
     /// Throttling halves the limit, never below one.
     #[tokio::test(start_paused = true)]
     async fn throttling_shrinks_the_limit() {
-        let l = limiter(32);
+        let l = Arc::new(Limiter::new(
+            "Test",
+            LimitConfig {
+                initial: 8,
+                ..LimitConfig::new(32)
+            },
+        ));
         assert_eq!(l.limit(), 8);
         for _ in 0..4 {
             let _ = l

@@ -153,6 +153,46 @@ impl Env {
             .await
     }
 
+    /// Messages in a queue, visible or not.
+    pub async fn depth(&self, url: &str) -> u64 {
+        let a = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .unwrap();
+        a.attributes()
+            .map(|m| m.values().filter_map(|v| v.parse::<u64>().ok()).sum())
+            .unwrap_or(0)
+    }
+
+    /// Receives (without deleting) up to `n` messages, hidden for five minutes.
+    pub async fn receive(&self, url: &str, n: usize) -> Vec<Received> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let r = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .visibility_timeout(300)
+                .send()
+                .await
+                .unwrap();
+            if r.messages().is_empty() {
+                break;
+            }
+            out.extend(r.messages().iter().map(received));
+        }
+        out
+    }
+
     /// Receives and deletes everything in a queue: (body, attributes by name).
     pub async fn drain(&self, url: &str) -> Vec<Received> {
         let mut out = Vec::new();
@@ -176,27 +216,7 @@ impl Env {
             }
             let mut del = self.sqs.delete_message_batch().queue_url(url);
             for (i, m) in msgs.iter().enumerate() {
-                out.push(Received {
-                    body: m.body().unwrap_or_default().to_owned(),
-                    attributes: m
-                        .message_attributes()
-                        .map(|a| {
-                            a.iter()
-                                .map(|(k, v)| {
-                                    (k.clone(), v.string_value().unwrap_or_default().to_owned())
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    system: m
-                        .attributes()
-                        .map(|a| {
-                            a.iter()
-                                .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
+                out.push(received(m));
                 del = del.entries(
                     aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
                         .id(i.to_string())
@@ -225,6 +245,28 @@ impl Env {
             .and_then(|i| i.get("status"))
             .and_then(|v| v.as_s().ok())
             .cloned()
+    }
+}
+
+fn received(m: &aws_sdk_sqs::types::Message) -> Received {
+    Received {
+        body: m.body().unwrap_or_default().to_owned(),
+        attributes: m
+            .message_attributes()
+            .map(|a| {
+                a.iter()
+                    .map(|(k, v)| (k.clone(), v.string_value().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        system: m
+            .attributes()
+            .map(|a| {
+                a.iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
