@@ -150,7 +150,7 @@ impl Config {
             365,
         )?;
         let fifo_group_by = match opt("FIFO_GROUP_BY") {
-            None => FifoGroupBy::UserId,
+            None => FifoGroupBy::default(),
             Some(v) => v.parse().map_err(|e: String| bad("FIFO_GROUP_BY", e))?,
         };
         let parallelism =
@@ -417,7 +417,7 @@ mod tests {
         assert_eq!(c.groups, vec![String::new()]);
         assert_eq!((c.quantity, c.concurrency, c.mode), (200, 1, Mode::Drain));
         assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
-        assert_eq!(c.fifo_group_by, FifoGroupBy::UserId);
+        assert_eq!(c.fifo_group_by, FifoGroupBy::BizKey);
         assert_eq!(c.parallelism, 32);
         assert_eq!(c.empty_backoff, Duration::from_secs(1));
     }

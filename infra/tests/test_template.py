@@ -19,6 +19,7 @@ from cfnlint.decode import decode
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 CONFIG_RS = ROOT / "src" / "config.rs"
+BODY_RS = ROOT / "src" / "relay" / "body.rs"
 TELEMETRY_RS = ROOT / "src" / "telemetry.rs"
 
 # Read by the code but deliberately not set by the template: the secret is never a plain
@@ -314,6 +315,27 @@ def test_environment_points_at_this_stack(template):
     assert env["PARKING_QUEUE_URL"] == {"Ref": "ParkingQueue"}
     assert env["DEDUP_TABLE_NAME"] == {"Ref": "DedupTable"}
     assert env["TOP_APP_SECRET_ARN"] == {"Ref": "AppSecretArn"}
+
+
+def fifo_groupings_in_code() -> tuple[list[str], str]:
+    """The FIFO_GROUP_BY values `FifoGroupBy::from_str` accepts, and the one its `#[default]`
+    variant answers to."""
+    text = BODY_RS.read_text()
+    names = dict((variant, name) for name, variant in re.findall(r'"([a-z_]+)" => Ok\(FifoGroupBy::(\w+)\)', text))
+    default = re.search(r"#\[default\]\s*(\w+)\s*,", text)
+    assert names and default, "src/relay/body.rs: FifoGroupBy's from_str or #[default] not found"
+    return sorted(names.values()), names[default.group(1)]
+
+
+def test_fifo_grouping_parameter_agrees_with_the_code(template):
+    """FifoGroupBy offers exactly the groupings the code parses, and defaults to the code's default
+    (biz_key), so a stack and a local run group the same way."""
+    accepted, default = fifo_groupings_in_code()
+    param = template["Parameters"]["FifoGroupBy"]
+    assert sorted(param["AllowedValues"]) == accepted
+    assert param["Default"] == default == "biz_key"
+    env = function(template)["Properties"]["Environment"]["Variables"]
+    assert env["FIFO_GROUP_BY"] == {"Ref": "FifoGroupBy"}
 
 
 # --- encryption and shapes ----------------------------------------------------------------------
