@@ -503,6 +503,47 @@ def test_deployer_policy_is_valid_and_names_its_actions():
             assert "*" not in action, f"wildcard action in the deployer policy: {st}"
 
 
+# The SDK calls the `tmc-relay parked` commands make (src/parked), and what each needs. Redrive
+# also sends through the relay's SqsQueue adapter (SendMessageBatch, authorised by SendMessage).
+PARKED_CODE = ROOT / "src" / "parked"
+PARKED_CALL_TO_GRANT = {
+    "receive_message": ("sqs:ReceiveMessage", "PARKING_QUEUE_ARN"),
+    "delete_message_batch": ("sqs:DeleteMessage", "PARKING_QUEUE_ARN"),
+    "change_message_visibility_batch": ("sqs:ChangeMessageVisibility", "PARKING_QUEUE_ARN"),
+}
+REDRIVE_SEND = ("sqs:SendMessage", "RELAY_QUEUE_ARN")
+
+
+def test_operator_policy_grants_exactly_what_the_parked_commands_call():
+    """infra/operator-policy.json (the README's operator IAM) allows exactly the calls the parked
+    commands make, on the parking and relay queues only: a new call without a grant, or a grant
+    for a call no longer made, fails here."""
+    calls = set()
+    for f in sorted(PARKED_CODE.rglob("*.rs")):
+        calls |= set(re.findall(r"\.([a-z_]+)\(\)", f.read_text()))
+    sqs_calls = {c for c in calls if c in PARKED_CALL_TO_GRANT}
+    assert sqs_calls, "found no SQS calls in src/parked: the scan is broken"
+    unknown = {c for c in calls if c.startswith(("send_message", "receive_", "delete_message", "change_message", "purge_queue"))} - set(PARKED_CALL_TO_GRANT)
+    assert not unknown, f"src/parked makes SQS calls this test does not know: {sorted(unknown)}"
+    expected = {PARKED_CALL_TO_GRANT[c] for c in sqs_calls} | {REDRIVE_SEND}
+    doc = json.loads((ROOT / "infra" / "operator-policy.json").read_text())
+    granted_pairs = set()
+    for st in doc["Statement"]:
+        assert st["Effect"] == "Allow" and "NotAction" not in st and "NotResource" not in st, st
+        for action in as_list(st["Action"]):
+            for resource in as_list(st["Resource"]):
+                assert "*" not in action + resource, f"wildcard in the operator policy: {st}"
+                granted_pairs.add((action, resource))
+    assert granted_pairs == expected
+    assert {"RelayQueueArn", "ParkingQueueArn"} <= set(load_template_outputs())
+
+
+def load_template_outputs() -> dict:
+    tpl, errors = decode(str(TEMPLATE))
+    assert not errors
+    return plain(tpl)["Outputs"]
+
+
 def test_sample_events_are_valid_json():
     for f in sorted((ROOT / "infra" / "events").glob("*.json")):
         assert isinstance(json.loads(f.read_text()), dict), f.name
