@@ -241,7 +241,8 @@ pub struct ParkedEnv {
     pub parking_queue_url: String,
     /// `RELAY_QUEUE_URL`: where `redrive` sends; `None` for the commands that never send.
     pub relay_queue_url: Option<String>,
-    /// `FIFO_GROUP_BY`, so a redriven message is grouped as the relay would have grouped it.
+    /// `FIFO_GROUP_BY`, so a redriven message is grouped as the relay would have grouped it
+    /// (read for `redrive` only; the default otherwise).
     pub fifo_group_by: FifoGroupBy,
 }
 
@@ -264,17 +265,19 @@ impl ParkedEnv {
         let req = |k: &'static str| opt(k).ok_or_else(|| bad(k, "is required but not set"));
         check_aws_endpoints(get)?;
         let parking_queue_url = parse_parking_queue_url(&req("PARKING_QUEUE_URL")?)?;
-        let relay_queue_url = if with_relay {
-            Some(parse_queue_url(
-                "RELAY_QUEUE_URL",
-                &req("RELAY_QUEUE_URL")?,
-            )?)
-        } else {
-            None
-        };
+        if !with_relay {
+            return Ok(ParkedEnv {
+                parking_queue_url,
+                relay_queue_url: None,
+                fifo_group_by: FifoGroupBy::default(),
+            });
+        }
         Ok(ParkedEnv {
             parking_queue_url,
-            relay_queue_url,
+            relay_queue_url: Some(parse_queue_url(
+                "RELAY_QUEUE_URL",
+                &req("RELAY_QUEUE_URL")?,
+            )?),
             fifo_group_by: parse_fifo_group_by(opt("FIFO_GROUP_BY"))?,
         })
     }
@@ -701,15 +704,14 @@ mod tests {
                 .var,
             "PARKING_QUEUE_URL"
         );
-        assert_eq!(
-            load(
-                &[("PARKING_QUEUE_URL", parking), ("FIFO_GROUP_BY", "shop")],
-                false
-            )
-            .unwrap_err()
-            .var,
-            "FIFO_GROUP_BY"
-        );
+        let bad_grouping = [
+            ("PARKING_QUEUE_URL", parking),
+            ("RELAY_QUEUE_URL", relay),
+            ("FIFO_GROUP_BY", "shop"),
+        ];
+        assert_eq!(load(&bad_grouping, true).unwrap_err().var, "FIFO_GROUP_BY");
+        // Only redrive groups messages: the other commands do not read the setting.
+        assert!(load(&bad_grouping, false).is_ok());
         assert_eq!(
             load(
                 &[

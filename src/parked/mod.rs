@@ -246,7 +246,9 @@ pub struct Parked<P, Q> {
 /// Receives a queue round by round, remembering what it holds, so each message is handled
 /// once per run and whatever was not deleted is released at the end.
 struct Scan<'a, P> {
+    /// The queue scanned.
     parking: &'a P,
+    /// How long each receive hides what it got.
     hold_for: Duration,
     /// Every message id received in this run.
     seen: HashSet<String>,

@@ -19,6 +19,7 @@ const BATCH: usize = 10;
 /// The parking queue, by URL.
 #[derive(Clone, Debug)]
 pub struct SqsParking {
+    /// With the SDK's standard retries: receiving, deleting and releasing again is harmless.
     client: aws_sdk_sqs::Client,
     /// `PARKING_QUEUE_URL`, validated at configuration time.
     url: String,
