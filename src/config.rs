@@ -122,15 +122,7 @@ impl Config {
             60_000,
         )?;
         let relay_queue_url = parse_queue_url("RELAY_QUEUE_URL", &req("RELAY_QUEUE_URL")?)?;
-        let parking_queue_url = parse_queue_url("PARKING_QUEUE_URL", &req("PARKING_QUEUE_URL")?)?;
-        // Parked entries carry no MessageGroupId, so a FIFO parking queue would refuse every
-        // one, and those messages would be redelivered all day instead of parked.
-        if parking_queue_url.ends_with(".fifo") {
-            return Err(bad(
-                "PARKING_QUEUE_URL",
-                "must be a standard queue, not FIFO (parked messages have no order to keep)",
-            ));
-        }
+        let parking_queue_url = parse_parking_queue_url(&req("PARKING_QUEUE_URL")?)?;
         let table = req("DEDUP_TABLE_NAME")?;
         if !(3..=255).contains(&table.len())
             || !table
@@ -149,10 +141,7 @@ impl Config {
             2,
             365,
         )?;
-        let fifo_group_by = match opt("FIFO_GROUP_BY") {
-            None => FifoGroupBy::UserId,
-            Some(v) => v.parse().map_err(|e: String| bad("FIFO_GROUP_BY", e))?,
-        };
+        let fifo_group_by = parse_fifo_group_by(opt("FIFO_GROUP_BY"))?;
         let parallelism =
             parse_num("RELAY_PARALLELISM", opt("RELAY_PARALLELISM"), 32, 1, 256)? as usize;
         Ok(Config {
@@ -225,14 +214,7 @@ impl TopEnv {
             }
         };
         let insecure = switch("TOP_ALLOW_INSECURE_HTTP")?;
-        // The SDK reads these itself; they get the same rule as the gateway, with their own
-        // switch, so order data never goes to a remote host in plain text by accident.
-        let aws_insecure = switch(AWS_INSECURE_SWITCH)?;
-        for var in AWS_ENDPOINT_VARS {
-            if let Some(v) = opt(var) {
-                checked_url(var, &v, aws_insecure, AWS_INSECURE_SWITCH)?;
-            }
-        }
+        check_aws_endpoints(get)?;
         let endpoint = parse_endpoint(
             &opt("TOP_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
             insecure,
@@ -247,6 +229,98 @@ impl TopEnv {
             endpoint,
             sign_method,
         })
+    }
+}
+
+/// What the `tmc-relay parked` commands need: the parking queue, and for `redrive` the relay
+/// queue and its FIFO grouping. No TOP credentials and no dedup table: an operator reading the
+/// parking queue needs neither.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParkedEnv {
+    /// `PARKING_QUEUE_URL`: what the commands read.
+    pub parking_queue_url: String,
+    /// `RELAY_QUEUE_URL`: where `redrive` sends; `None` for the commands that never send.
+    pub relay_queue_url: Option<String>,
+    /// `FIFO_GROUP_BY`, so a redriven message is grouped as the relay would have grouped it
+    /// (read for `redrive` only; the default otherwise).
+    pub fifo_group_by: FifoGroupBy,
+}
+
+impl ParkedEnv {
+    /// Reads the process environment; `with_relay` for `redrive`.
+    pub fn from_env(with_relay: bool) -> Result<ParkedEnv, ConfigError> {
+        Self::from_lookup(&|k: &str| std::env::var(k).ok(), with_relay)
+    }
+
+    /// Reads through `get`, with the relay's own rules for each variable.
+    pub fn from_lookup(
+        get: &impl Fn(&str) -> Option<String>,
+        with_relay: bool,
+    ) -> Result<ParkedEnv, ConfigError> {
+        let opt = |k: &'static str| {
+            get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let req = |k: &'static str| opt(k).ok_or_else(|| bad(k, "is required but not set"));
+        check_aws_endpoints(get)?;
+        let parking_queue_url = parse_parking_queue_url(&req("PARKING_QUEUE_URL")?)?;
+        if !with_relay {
+            return Ok(ParkedEnv {
+                parking_queue_url,
+                relay_queue_url: None,
+                fifo_group_by: FifoGroupBy::default(),
+            });
+        }
+        Ok(ParkedEnv {
+            parking_queue_url,
+            relay_queue_url: Some(parse_queue_url(
+                "RELAY_QUEUE_URL",
+                &req("RELAY_QUEUE_URL")?,
+            )?),
+            fifo_group_by: parse_fifo_group_by(opt("FIFO_GROUP_BY"))?,
+        })
+    }
+}
+
+/// The SDK reads the endpoint overrides itself; they get the same rule as the gateway, with
+/// their own switch, so order data never goes to a remote host in plain text by accident.
+fn check_aws_endpoints(get: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    let opt = |k: &'static str| {
+        get(k)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let aws_insecure = match opt(AWS_INSECURE_SWITCH) {
+        None => false,
+        Some(v) => parse_bool(&v)
+            .ok_or_else(|| bad(AWS_INSECURE_SWITCH, format!("{v:?} is not true or false")))?,
+    };
+    for var in AWS_ENDPOINT_VARS {
+        if let Some(v) = opt(var) {
+            checked_url(var, &v, aws_insecure, AWS_INSECURE_SWITCH)?;
+        }
+    }
+    Ok(())
+}
+
+/// Parked entries carry no MessageGroupId, so a FIFO parking queue would refuse every one,
+/// and those messages would be redelivered all day instead of parked.
+fn parse_parking_queue_url(v: &str) -> Result<String, ConfigError> {
+    let url = parse_queue_url("PARKING_QUEUE_URL", v)?;
+    if url.ends_with(".fifo") {
+        return Err(bad(
+            "PARKING_QUEUE_URL",
+            "must be a standard queue, not FIFO (parked messages have no order to keep)",
+        ));
+    }
+    Ok(url)
+}
+
+fn parse_fifo_group_by(v: Option<String>) -> Result<FifoGroupBy, ConfigError> {
+    match v {
+        None => Ok(FifoGroupBy::default()),
+        Some(v) => v.parse().map_err(|e: String| bad("FIFO_GROUP_BY", e)),
     }
 }
 
@@ -417,7 +491,7 @@ mod tests {
         assert_eq!(c.groups, vec![String::new()]);
         assert_eq!((c.quantity, c.concurrency, c.mode), (200, 1, Mode::Drain));
         assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
-        assert_eq!(c.fifo_group_by, FifoGroupBy::UserId);
+        assert_eq!(c.fifo_group_by, FifoGroupBy::BizKey);
         assert_eq!(c.parallelism, 32);
         assert_eq!(c.empty_backoff, Duration::from_secs(1));
     }
@@ -580,6 +654,75 @@ mod tests {
         assert_eq!(
             load(&m).unwrap().groups,
             vec!["vip".to_owned(), String::new(), "bulk".to_owned()]
+        );
+    }
+
+    /// The parked commands need only the parking queue (and, for redrive, the relay queue):
+    /// no TOP credentials, no table; each variable is checked as the relay checks it.
+    #[test]
+    fn parked_commands_need_only_their_queues() {
+        let parking = "http://127.0.0.1:5000/123456789012/tmc-parking";
+        let relay = "https://sqs.us-east-1.amazonaws.com/123456789012/tmc-relay.fifo";
+        let load = |pairs: &[(&str, &str)], with_relay: bool| {
+            let m: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ParkedEnv::from_lookup(&|k: &str| m.get(k).cloned(), with_relay)
+        };
+        let e = load(&[("PARKING_QUEUE_URL", parking)], false).unwrap();
+        assert_eq!(
+            e,
+            ParkedEnv {
+                parking_queue_url: parking.into(),
+                relay_queue_url: None,
+                fifo_group_by: FifoGroupBy::BizKey,
+            }
+        );
+        assert_eq!(
+            load(&[("PARKING_QUEUE_URL", parking)], true)
+                .unwrap_err()
+                .var,
+            "RELAY_QUEUE_URL"
+        );
+        let e = load(
+            &[
+                ("PARKING_QUEUE_URL", parking),
+                ("RELAY_QUEUE_URL", relay),
+                ("FIFO_GROUP_BY", "user_id"),
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!(e.relay_queue_url.as_deref(), Some(relay));
+        assert_eq!(e.fifo_group_by, FifoGroupBy::UserId);
+        assert_eq!(load(&[], false).unwrap_err().var, "PARKING_QUEUE_URL");
+        let fifo_parking = "https://sqs.us-east-1.amazonaws.com/1/p.fifo";
+        assert_eq!(
+            load(&[("PARKING_QUEUE_URL", fifo_parking)], false)
+                .unwrap_err()
+                .var,
+            "PARKING_QUEUE_URL"
+        );
+        let bad_grouping = [
+            ("PARKING_QUEUE_URL", parking),
+            ("RELAY_QUEUE_URL", relay),
+            ("FIFO_GROUP_BY", "shop"),
+        ];
+        assert_eq!(load(&bad_grouping, true).unwrap_err().var, "FIFO_GROUP_BY");
+        // Only redrive groups messages: the other commands do not read the setting.
+        assert!(load(&bad_grouping, false).is_ok());
+        assert_eq!(
+            load(
+                &[
+                    ("PARKING_QUEUE_URL", parking),
+                    ("AWS_ENDPOINT_URL", "http://10.0.0.5:4566")
+                ],
+                false
+            )
+            .unwrap_err()
+            .var,
+            "AWS_ENDPOINT_URL"
         );
     }
 

@@ -8,6 +8,7 @@
 //! - [`sim`]: a strict local TMC gateway (`tmc-sim`) used by tests, the demo and benchmarks.
 //! - [`relay`]: one relay pass (consume → claim → enqueue → mark → confirm) written against ports.
 //! - [`aws`]: the SQS and DynamoDB adapters behind the relay's ports.
+//! - [`parked`]: the operator's `parked` commands: list, show, redrive and purge parked messages.
 //! - [`config`]: environment configuration, read and validated once at start.
 //! - [`invocation`]: the Lambda event / backfill payload and how it overrides the configuration.
 //! - [`fakeaws`]: test support: a fault-injecting proxy in front of moto and a fast in-memory
@@ -20,6 +21,7 @@ pub mod aws;
 pub mod config;
 pub mod fakeaws;
 pub mod invocation;
+pub mod parked;
 pub mod relay;
 pub mod signals;
 pub mod sim;

@@ -10,8 +10,10 @@ use tokio::time::Instant;
 
 use crate::aws::dynamo::DynamoStore;
 use crate::aws::sqs::SqsQueue;
-use crate::config::{Config, SecretSource, TopEnv};
+use crate::config::{Config, ParkedEnv, SecretSource, TopEnv};
 use crate::invocation::Overrides;
+use crate::parked::sqs::SqsParking;
+use crate::parked::{Parked, HOLD_FOR};
 use crate::relay::{Progress, Relay, RelaySettings, Report};
 use crate::top::{Secret, TopClient, TopConfig};
 
@@ -138,6 +140,27 @@ impl App {
             &[&self.relay.queue.meter, &self.relay.parking.meter],
             &self.relay.store.meter,
         )
+    }
+}
+
+/// The `parked` commands' concrete types.
+pub type AwsParked = Parked<SqsParking, SqsQueue>;
+
+/// The `parked` commands against the configured queues. Sends to the relay queue get one
+/// attempt, as in the relay: a retried send that had in fact landed is a second copy, while
+/// a failed one simply stays parked for the next run.
+pub fn parked(env: &ParkedEnv, sdk: &aws_config::SdkConfig) -> AwsParked {
+    let once = aws_sdk_sqs::config::Builder::from(sdk)
+        .retry_config(RetryConfig::standard().with_max_attempts(1))
+        .build();
+    Parked {
+        parking: SqsParking::new(aws_sdk_sqs::Client::new(sdk), &env.parking_queue_url),
+        relay: env
+            .relay_queue_url
+            .as_ref()
+            .map(|url| SqsQueue::new(aws_sdk_sqs::Client::from_conf(once), url)),
+        fifo_group_by: env.fifo_group_by,
+        hold_for: HOLD_FOR,
     }
 }
 

@@ -131,6 +131,7 @@ async fn drains_three_thousand_messages_exactly_once_with_the_defaults() {
         assert_eq!(m.attributes["tmc_id"], id);
         assert_eq!(m.attributes["topic"], "taobao_trade_TradeChanged");
         assert_eq!(body["user_id"].as_str().unwrap(), m.attributes["user_id"]);
+        assert_eq!(body["biz_key"].as_str().unwrap(), m.attributes["biz_key"]);
         assert!(body["pub_time"].as_str().unwrap().ends_with("+08:00"));
         assert_eq!(body["group_name"], "default");
     }
@@ -290,9 +291,11 @@ async fn defective_messages_are_parked_and_confirmed() {
     );
 }
 
-/// A FIFO relay queue gets MessageGroupId = user id and MessageDeduplicationId = message id.
+/// A FIFO relay queue groups by business key by default: MessageGroupId = the `biz_key`
+/// attribute = `trade_<tid>` with every digit of a tid above 2^53, and MessageDeduplicationId
+/// = the message id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifo_queue_gets_group_and_dedup_ids() {
+async fn fifo_queue_groups_by_business_key_and_dedups_by_id() {
     let sim = sim(Duration::from_secs(300)).await;
     let env = Env::new(true).await;
     let ids = sim.publish(None, (0..12).map(message).collect());
@@ -301,20 +304,45 @@ async fn fifo_queue_gets_group_and_dedup_ids() {
     assert_eq!(report.counts.enqueued, 12, "{report:?}");
     let got = env.drain(&env.queue_url).await;
     assert_eq!(got.len(), 12);
+    let mut keys = HashSet::new();
     for m in &got {
         let body = m.json();
-        assert_eq!(
-            m.system["MessageGroupId"],
-            body["user_id"].as_str().unwrap()
-        );
+        let i = ids.iter().position(|x| x.to_string() == m.id()).unwrap() as u64;
+        let key = format!("trade_{}", 9_007_199_254_740_993u64 + i);
+        assert_eq!(m.attributes["biz_key"], key);
+        assert_eq!(body["biz_key"], key.as_str());
+        assert_eq!(m.system["MessageGroupId"], key);
         assert_eq!(
             m.system["MessageDeduplicationId"],
             body["id"].as_str().unwrap()
         );
+        keys.insert(key);
     }
-    assert!(got
-        .iter()
-        .all(|m| ids.iter().any(|i| i.to_string() == m.id())));
+    assert_eq!(keys.len(), 12, "one group per order");
+}
+
+/// `FIFO_GROUP_BY=user_id` still groups a FIFO relay queue by seller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_queue_can_group_by_user_id() {
+    let sim = sim(Duration::from_secs(300)).await;
+    let env = Env::new(true).await;
+    sim.publish(None, (0..6).map(message).collect());
+    let app = env
+        .app_via(
+            &sim.gateway_url(),
+            &support::moto(),
+            &[("FIFO_GROUP_BY", "user_id")],
+            RelaySettings::default(),
+        )
+        .await;
+    let report = app.run(&run_opts(30), None, Default::default()).await;
+    assert_eq!(report.counts.enqueued, 6, "{report:?}");
+    for m in env.drain(&env.queue_url).await {
+        assert_eq!(
+            m.system["MessageGroupId"],
+            m.json()["user_id"].as_str().unwrap()
+        );
+    }
 }
 
 /// A wrong app secret stops the pass as fatal, names the setting, and touches nothing.

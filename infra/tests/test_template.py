@@ -19,6 +19,7 @@ from cfnlint.decode import decode
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 CONFIG_RS = ROOT / "src" / "config.rs"
+BODY_RS = ROOT / "src" / "relay" / "body.rs"
 TELEMETRY_RS = ROOT / "src" / "telemetry.rs"
 
 # Read by the code but deliberately not set by the template: the secret is never a plain
@@ -316,6 +317,27 @@ def test_environment_points_at_this_stack(template):
     assert env["TOP_APP_SECRET_ARN"] == {"Ref": "AppSecretArn"}
 
 
+def fifo_groupings_in_code() -> tuple[list[str], str]:
+    """The FIFO_GROUP_BY values `FifoGroupBy::from_str` accepts, and the one its `#[default]`
+    variant answers to."""
+    text = BODY_RS.read_text()
+    names = dict((variant, name) for name, variant in re.findall(r'"([a-z_]+)" => Ok\(FifoGroupBy::(\w+)\)', text))
+    default = re.search(r"#\[default\]\s*(\w+)\s*,", text)
+    assert names and default, "src/relay/body.rs: FifoGroupBy's from_str or #[default] not found"
+    return sorted(names.values()), names[default.group(1)]
+
+
+def test_fifo_grouping_parameter_agrees_with_the_code(template):
+    """FifoGroupBy offers exactly the groupings the code parses, and defaults to the code's default
+    (biz_key), so a stack and a local run group the same way."""
+    accepted, default = fifo_groupings_in_code()
+    param = template["Parameters"]["FifoGroupBy"]
+    assert sorted(param["AllowedValues"]) == accepted
+    assert param["Default"] == default == "biz_key"
+    env = function(template)["Properties"]["Environment"]["Variables"]
+    assert env["FIFO_GROUP_BY"] == {"Ref": "FifoGroupBy"}
+
+
 # --- encryption and shapes ----------------------------------------------------------------------
 
 
@@ -479,6 +501,47 @@ def test_deployer_policy_is_valid_and_names_its_actions():
         assert "NotAction" not in st
         for action in as_list(st["Action"]):
             assert "*" not in action, f"wildcard action in the deployer policy: {st}"
+
+
+# The SDK calls the `tmc-relay parked` commands make (src/parked), and what each needs. Redrive
+# also sends through the relay's SqsQueue adapter (SendMessageBatch, authorised by SendMessage).
+PARKED_CODE = ROOT / "src" / "parked"
+PARKED_CALL_TO_GRANT = {
+    "receive_message": ("sqs:ReceiveMessage", "PARKING_QUEUE_ARN"),
+    "delete_message_batch": ("sqs:DeleteMessage", "PARKING_QUEUE_ARN"),
+    "change_message_visibility_batch": ("sqs:ChangeMessageVisibility", "PARKING_QUEUE_ARN"),
+}
+REDRIVE_SEND = ("sqs:SendMessage", "RELAY_QUEUE_ARN")
+
+
+def test_operator_policy_grants_exactly_what_the_parked_commands_call():
+    """infra/operator-policy.json (the README's operator IAM) allows exactly the calls the parked
+    commands make, on the parking and relay queues only: a new call without a grant, or a grant
+    for a call no longer made, fails here."""
+    calls = set()
+    for f in sorted(PARKED_CODE.rglob("*.rs")):
+        calls |= set(re.findall(r"\.([a-z_]+)\(\)", f.read_text()))
+    sqs_calls = {c for c in calls if c in PARKED_CALL_TO_GRANT}
+    assert sqs_calls, "found no SQS calls in src/parked: the scan is broken"
+    unknown = {c for c in calls if c.startswith(("send_message", "receive_", "delete_message", "change_message", "purge_queue"))} - set(PARKED_CALL_TO_GRANT)
+    assert not unknown, f"src/parked makes SQS calls this test does not know: {sorted(unknown)}"
+    expected = {PARKED_CALL_TO_GRANT[c] for c in sqs_calls} | {REDRIVE_SEND}
+    doc = json.loads((ROOT / "infra" / "operator-policy.json").read_text())
+    granted_pairs = set()
+    for st in doc["Statement"]:
+        assert st["Effect"] == "Allow" and "NotAction" not in st and "NotResource" not in st, st
+        for action in as_list(st["Action"]):
+            for resource in as_list(st["Resource"]):
+                assert "*" not in action + resource, f"wildcard in the operator policy: {st}"
+                granted_pairs.add((action, resource))
+    assert granted_pairs == expected
+    assert {"RelayQueueArn", "ParkingQueueArn"} <= set(load_template_outputs())
+
+
+def load_template_outputs() -> dict:
+    tpl, errors = decode(str(TEMPLATE))
+    assert not errors
+    return plain(tpl)["Outputs"]
 
 
 def test_sample_events_are_valid_json():

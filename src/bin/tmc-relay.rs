@@ -1,4 +1,5 @@
-//! The operator's command line: run a pass exactly as the Lambda does, and the TMC admin calls.
+//! The operator's command line: run a pass exactly as the Lambda does, the TMC admin calls,
+//! and the parking queue's commands.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -9,8 +10,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::time::Instant;
 
-use tmc_relay::config::{Config, TopEnv};
+use tmc_relay::config::{Config, ParkedEnv, TopEnv};
 use tmc_relay::invocation::Overrides;
+use tmc_relay::parked::{self, fmt_age, Filter, Selection, REASON_CODES};
 use tmc_relay::relay::{Mode, Progress, RelaySettings};
 use tmc_relay::top::{ErrorClass, Secret, TopClient, TopError};
 use tmc_relay::wiring::{self, App};
@@ -22,7 +24,7 @@ use tmc_relay::wiring::{self, App};
     about = "Relay Taobao TMC messages into Amazon SQS; configured by environment variables (see README)"
 )]
 struct Cli {
-    /// Print machine-readable JSON instead of text (admin commands).
+    /// Print machine-readable JSON instead of text (admin and parked commands).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -57,6 +59,83 @@ enum Command {
     /// Jushita MQ sync users (taobao.jushita.jms.user.add / get / delete).
     #[command(subcommand)]
     Jms(JmsCmd),
+    /// The parking queue: list, show, redrive or purge parked messages. Reads
+    /// PARKING_QUEUE_URL (redrive also RELAY_QUEUE_URL and FIFO_GROUP_BY); no TOP credentials.
+    #[command(subcommand)]
+    Parked(ParkedCmd),
+}
+
+#[derive(Subcommand)]
+enum ParkedCmd {
+    /// List parked messages, oldest first: reason code, TMC id, topic, age, SQS message id.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// List at most this many.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        max: Option<u64>,
+    },
+    /// Show every parked record with this TMC id or SQS message id, in full.
+    Show {
+        /// A TMC id, or the SQS message id `list` shows (the only name of a record without one).
+        id: String,
+    },
+    /// Send parked messages to the relay queue, rebuilt exactly as the relay builds them, and
+    /// delete each from the parking queue once SQS accepted it. What still cannot be relayed
+    /// stays parked, and the output says why.
+    Redrive {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Redrive at most this many.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        max: Option<u64>,
+        /// Send and delete nothing; say what would be done.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete parked messages for good (they were confirmed to TMC: nothing else holds them).
+    Purge {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Purge at most this many.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        max: Option<u64>,
+        /// Delete nothing; say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Select every parked message (instead of --reason, --topic or --id).
+        #[arg(long)]
+        all: bool,
+        /// Required to delete: the explicit confirmation.
+        #[arg(long)]
+        confirm: bool,
+    },
+}
+
+#[derive(Args)]
+struct FilterArgs {
+    /// Only these reason codes, comma-separated: missing_topic, missing_content, too_large,
+    /// sqs_rejected, invalid_id, unreadable (a body that is not a parking record).
+    #[arg(long = "reason", value_delimiter = ',')]
+    reasons: Vec<String>,
+    /// Only these topics, comma-separated; a trailing `*` matches a prefix (taobao_trade_*).
+    #[arg(long = "topic", value_delimiter = ',')]
+    topics: Vec<String>,
+    /// Only these TMC ids or SQS message ids, comma-separated.
+    #[arg(long = "id", value_delimiter = ',')]
+    ids: Vec<String>,
+}
+
+impl FilterArgs {
+    fn filter(self) -> Result<Filter, String> {
+        let f = Filter {
+            reasons: self.reasons,
+            topics: self.topics,
+            ids: self.ids,
+        };
+        f.validate()?;
+        Ok(f)
+    }
 }
 
 #[derive(Args)]
@@ -157,6 +236,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Parked(cmd) => parked_cmd(cmd, cli.json).await,
         other => admin(other, cli.json).await,
     };
     match result {
@@ -261,7 +341,7 @@ async fn admin(cmd: Command, json: bool) -> Result<ExitCode, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     match cmd {
-        Command::Run(_) => unreachable!("handled by run"),
+        Command::Run(_) | Command::Parked(_) => unreachable!("handled by run and parked_cmd"),
         Command::Permit { session, topics } => {
             let ok = client
                 .user_permit(&Secret::new(session), topics.as_deref(), deadline)
@@ -384,4 +464,248 @@ async fn admin(cmd: Command, json: bool) -> Result<ExitCode, String> {
             })
         }
     }
+}
+
+/// `tmc-relay parked ...`: exit 0 when everything selected was done, 1 when something stayed
+/// parked, was not found or an AWS call failed, 2 on a bad flag or setting (nothing done).
+async fn parked_cmd(cmd: ParkedCmd, json: bool) -> Result<ExitCode, String> {
+    let with_relay = matches!(cmd, ParkedCmd::Redrive { .. });
+    let (sel, what) = match cmd {
+        ParkedCmd::Show { id } => {
+            if id.trim().is_empty() {
+                return Err("show needs a TMC id or an SQS message id".into());
+            }
+            (None, Some(id))
+        }
+        ParkedCmd::List { filter, max } => (
+            Some(Selection {
+                filter: filter.filter()?,
+                max,
+                dry_run: false,
+            }),
+            None,
+        ),
+        ParkedCmd::Redrive {
+            filter,
+            max,
+            dry_run,
+        } => (
+            Some(Selection {
+                filter: filter.filter()?,
+                max,
+                dry_run,
+            }),
+            Some("redrive".to_owned()),
+        ),
+        ParkedCmd::Purge {
+            filter,
+            max,
+            dry_run,
+            all,
+            confirm,
+        } => {
+            let filter = filter.filter()?;
+            if filter.is_empty() && !all {
+                return Err("purge needs --reason, --topic or --id, or --all to select every parked message".into());
+            }
+            if !filter.is_empty() && all {
+                return Err(
+                    "purge takes --all or a filter (--reason, --topic, --id), not both".into(),
+                );
+            }
+            if !dry_run && !confirm {
+                return Err("purge deletes parked messages for good, and TMC no longer holds them: add --confirm (see what it would delete with --dry-run)".into());
+            }
+            (
+                Some(Selection {
+                    filter,
+                    max,
+                    dry_run,
+                }),
+                Some("purge".to_owned()),
+            )
+        }
+    };
+    let env = ParkedEnv::from_env(with_relay).map_err(|e| e.to_string())?;
+    let tools = wiring::parked(&env, &wiring::aws_config().await);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let progress = Arc::new(parked::Progress::default());
+    let ticker = std::io::stderr().is_terminal().then(|| {
+        let p = Arc::clone(&progress);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                eprint!(
+                    "\r{:>5}s  scanned {}  selected {}  done {}   ",
+                    started.elapsed().as_secs(),
+                    p.scanned.load(Ordering::Relaxed),
+                    p.selected.load(Ordering::Relaxed),
+                    p.done.load(Ordering::Relaxed)
+                );
+            }
+        })
+    });
+    let stop_ticker = |t: Option<tokio::task::JoinHandle<()>>| {
+        if let Some(t) = t {
+            t.abort();
+            eprintln!();
+        }
+    };
+    let failed = |e: tmc_relay::relay::ports::PortError| {
+        eprintln!("error: {e}. Check PARKING_QUEUE_URL and the operator's SQS permissions (README: Operating)");
+        Ok(ExitCode::from(1))
+    };
+    match (sel, what.as_deref()) {
+        (Some(sel), None) => {
+            let listed = tools.list(&sel, now_ms, &progress).await;
+            stop_ticker(ticker);
+            let listed = match listed {
+                Ok(l) => l,
+                Err(e) => return failed(e),
+            };
+            print(json, &listed, || list_table(&listed))
+        }
+        (None, Some(id)) => {
+            let shown = tools.show(id, now_ms).await;
+            stop_ticker(ticker);
+            let shown = match shown {
+                Ok(s) => s,
+                Err(e) => return failed(e),
+            };
+            if shown.is_empty() {
+                if json {
+                    println!("[]");
+                }
+                eprintln!("no parked message has the TMC id or SQS message id {id:?}");
+                return Ok(ExitCode::from(1));
+            }
+            print(json, &shown, || {
+                shown
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "message {} (parked {} ago)\n{}",
+                            s.message_id,
+                            s.age_seconds.map(fmt_age).unwrap_or_else(|| "?".into()),
+                            serde_json::to_string_pretty(&s.record).unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n\n")
+            })
+        }
+        (Some(sel), Some(command)) => {
+            let report = if command == "redrive" {
+                tools.redrive(&sel, &progress).await
+            } else {
+                tools.purge(&sel, &progress).await
+            };
+            stop_ticker(ticker);
+            print(json, &report, || run_text(&report))?;
+            if let Some(e) = &report.error {
+                eprintln!("error: {e}");
+            }
+            Ok(if report.is_complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        (None, None) => unreachable!("every parked command sets one"),
+    }
+}
+
+fn list_table(listed: &[parked::Listed]) -> String {
+    if listed.is_empty() {
+        return "no parked messages".into();
+    }
+    let rows: Vec<[String; 5]> = listed
+        .iter()
+        .map(|l| {
+            [
+                l.reason_code.clone(),
+                l.id.clone().unwrap_or_else(|| "-".into()),
+                l.topic.clone().unwrap_or_else(|| "-".into()),
+                l.age_seconds.map(fmt_age).unwrap_or_else(|| "?".into()),
+                l.message_id.clone(),
+            ]
+        })
+        .collect();
+    let head = ["REASON", "ID", "TOPIC", "AGE", "MESSAGE ID"].map(String::from);
+    let mut width = [0usize; 5];
+    for r in std::iter::once(&head).chain(&rows) {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |r: &[String; 5]| {
+        r.iter()
+            .zip(width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out: Vec<String> = std::iter::once(&head).chain(&rows).map(line).collect();
+    let mut by_reason: Vec<(&str, usize)> = REASON_CODES
+        .iter()
+        .map(|c| (*c, listed.iter().filter(|l| l.reason_code == *c).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    by_reason.sort_by_key(|r| std::cmp::Reverse(r.1));
+    out.push(format!(
+        "{} parked: {}",
+        listed.len(),
+        by_reason
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    out.join("\n")
+}
+
+fn run_text(r: &parked::RunReport) -> String {
+    let mut out: Vec<String> = r
+        .messages
+        .iter()
+        .map(|d| {
+            let name = serde_json::to_value(d.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let mut line = format!(
+                "{name:<16}  {}  {}  [parked as {}]",
+                d.id.as_deref().unwrap_or(&d.message_id),
+                d.topic.as_deref().unwrap_or("-"),
+                d.reason_code
+            );
+            if let Some(detail) = &d.detail {
+                line.push_str("  ");
+                line.push_str(detail);
+            }
+            line
+        })
+        .collect();
+    let counts = r
+        .outcomes
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    out.push(format!(
+        "{}{}: scanned {}, selected {}{}{}",
+        r.command,
+        if r.dry_run { " --dry-run" } else { "" },
+        r.scanned,
+        r.selected,
+        if counts.is_empty() { "" } else { ": " },
+        counts
+    ));
+    out.join("\n")
 }

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::biz_key::biz_key;
 use super::ports::Outgoing;
 use crate::top::clock::pub_time_rfc3339;
 use crate::top::TmcMessage;
@@ -12,13 +13,18 @@ use crate::top::TmcMessage;
 pub const MAX_BATCH_ENTRIES: usize = 10;
 /// SQS's per-request payload limit (all entries together).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// SQS's limit on message attributes per message (moto does not enforce it).
+pub const MAX_MESSAGE_ATTRIBUTES: usize = 10;
 
 /// How FIFO message groups are chosen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FifoGroupBy {
-    /// One group per seller: ordering per shop, parallelism across shops.
+    /// One group per order, refund or item (the business key), falling back to the seller,
+    /// then the topic: ordering per business object, parallelism across them.
     #[default]
+    BizKey,
+    /// One group per seller: ordering per shop, one lane per shop.
     UserId,
     /// One group per topic.
     Topic,
@@ -28,10 +34,11 @@ impl std::str::FromStr for FifoGroupBy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "biz_key" => Ok(FifoGroupBy::BizKey),
             "user_id" => Ok(FifoGroupBy::UserId),
             "topic" => Ok(FifoGroupBy::Topic),
             other => Err(format!(
-                "unknown FIFO grouping {other:?}: expected user_id or topic"
+                "unknown FIFO grouping {other:?}: expected biz_key, user_id or topic"
             )),
         }
     }
@@ -48,6 +55,9 @@ struct RelayBody<'a> {
     user_id: Option<String>,
     user_nick: Option<&'a str>,
     group_name: &'a str,
+    /// Also an attribute; in the body too because a consumer sees attributes only when it asks
+    /// for them, and would otherwise have to parse `content` with a big-integer-safe parser.
+    biz_key: Option<&'a str>,
     content: &'a str,
 }
 
@@ -86,6 +96,7 @@ pub fn relay_entry(
         code: "missing_content",
         reason: "message has no content string".into(),
     })?;
+    let key = biz_key(topic, content);
     let body = RelayBody {
         id: id.to_string(),
         topic,
@@ -94,18 +105,24 @@ pub fn relay_entry(
         user_id: msg.user_id.map(|u| u.to_string()),
         user_nick: msg.user_nick.as_deref(),
         group_name: group,
+        biz_key: key.as_deref(),
         content,
     };
     let body = sqs_safe_json(&body);
+    // At most 4 of SQS's 10 attributes.
     let mut attributes = vec![("topic", sqs_safe_text(topic)), ("tmc_id", id.to_string())];
     if let Some(u) = msg.user_id {
         attributes.push(("user_id", u.to_string()));
     }
+    if let Some(k) = &key {
+        attributes.push(("biz_key", k.clone()));
+    }
     let (group_id, dedup_id) = match fifo {
         None => (None, None),
         Some(by) => {
-            let g = match (by, msg.user_id) {
-                (FifoGroupBy::UserId, Some(u)) => u.to_string(),
+            let g = match (by, &key, msg.user_id) {
+                (FifoGroupBy::BizKey, Some(k), _) => k.clone(),
+                (FifoGroupBy::BizKey | FifoGroupBy::UserId, _, Some(u)) => u.to_string(),
                 _ => sqs_safe_text(topic),
             };
             (Some(truncate_chars(&g, 128)), Some(id.to_string()))
@@ -285,13 +302,14 @@ mod tests {
         )
     }
 
-    /// The body has the documented fields, exact id digits, RFC 3339 time and the content verbatim.
+    /// The body has the documented fields, exact id digits, RFC 3339 time, the business key and
+    /// the content verbatim.
     #[test]
     fn builds_the_documented_body() {
         let e = relay_entry(&real(), "default", None, 1 << 20).unwrap();
         assert_eq!(
             e.body,
-            r#"{"id":"7104300007405429232","topic":"taobao_item_ItemStockChanged","pub_time":"2013-10-05T10:55:58+08:00","pub_app_key":"12499723","user_id":"123456789","user_nick":"usernick","group_name":"default","content":"{\"num_iid\":15380658823}"}"#
+            r#"{"id":"7104300007405429232","topic":"taobao_item_ItemStockChanged","pub_time":"2013-10-05T10:55:58+08:00","pub_app_key":"12499723","user_id":"123456789","user_nick":"usernick","group_name":"default","biz_key":"item_15380658823","content":"{\"num_iid\":15380658823}"}"#
         );
         assert_eq!(e.id, "7104300007405429232");
         assert_eq!(
@@ -299,26 +317,69 @@ mod tests {
             vec![
                 ("topic", "taobao_item_ItemStockChanged".to_owned()),
                 ("tmc_id", "7104300007405429232".to_owned()),
-                ("user_id", "123456789".to_owned())
+                ("user_id", "123456789".to_owned()),
+                ("biz_key", "item_15380658823".to_owned())
             ]
         );
+        assert!(e.attributes.len() <= MAX_MESSAGE_ATTRIBUTES);
         assert_eq!((e.group_id, e.dedup_id), (None, None));
         let back: Value = serde_json::from_str(&e.body).unwrap();
         assert_eq!(back["content"], "{\"num_iid\":15380658823}");
     }
 
-    /// FIFO entries group by user id (falling back to topic) and dedup by message id.
+    /// FIFO entries group by business key by default, falling back to user id, then topic;
+    /// `user_id` and `topic` group as named; all dedup by message id.
     #[test]
     fn fifo_fields() {
-        let e = relay_entry(&real(), "g", Some(FifoGroupBy::UserId), 1 << 20).unwrap();
-        assert_eq!(e.group_id.as_deref(), Some("123456789"));
+        let by = |m: &TmcMessage, g: FifoGroupBy| {
+            relay_entry(m, "g", Some(g), 1 << 20)
+                .unwrap()
+                .group_id
+                .unwrap()
+        };
+        let e = relay_entry(&real(), "g", Some(FifoGroupBy::default()), 1 << 20).unwrap();
+        assert_eq!(e.group_id.as_deref(), Some("item_15380658823"));
         assert_eq!(e.dedup_id.as_deref(), Some("7104300007405429232"));
-        let e = relay_entry(&real(), "g", Some(FifoGroupBy::Topic), 1 << 20).unwrap();
-        assert_eq!(e.group_id.as_deref(), Some("taobao_item_ItemStockChanged"));
+        assert_eq!(by(&real(), FifoGroupBy::UserId), "123456789");
+        assert_eq!(
+            by(&real(), FifoGroupBy::Topic),
+            "taobao_item_ItemStockChanged"
+        );
+        let mut no_key = real();
+        no_key.content = Some(r#"{"nick":"n"}"#.into());
+        assert_eq!(by(&no_key, FifoGroupBy::BizKey), "123456789");
+        no_key.user_id = None;
+        assert_eq!(
+            by(&no_key, FifoGroupBy::BizKey),
+            "taobao_item_ItemStockChanged"
+        );
+        assert_eq!(
+            by(&no_key, FifoGroupBy::UserId),
+            "taobao_item_ItemStockChanged"
+        );
+        let mut no_user = real();
+        no_user.user_id = None;
+        assert_eq!(by(&no_user, FifoGroupBy::BizKey), "item_15380658823");
+    }
+
+    /// A message without a business key has no `biz_key` attribute and `null` in the body.
+    #[test]
+    fn no_business_key_is_null_and_no_attribute() {
         let mut m = real();
-        m.user_id = None;
-        let e = relay_entry(&m, "g", Some(FifoGroupBy::UserId), 1 << 20).unwrap();
-        assert_eq!(e.group_id.as_deref(), Some("taobao_item_ItemStockChanged"));
+        m.topic = Some("taobao_fenxiao_FxOrderCreate".into());
+        let e = relay_entry(&m, "g", None, 1 << 20).unwrap();
+        assert!(e.body.contains(r#""biz_key":null"#), "{}", e.body);
+        assert!(e.attributes.iter().all(|(n, _)| *n != "biz_key"));
+    }
+
+    /// The grouping names parse, and an unknown one is refused naming the choices.
+    #[test]
+    fn fifo_grouping_names() {
+        assert_eq!("biz_key".parse(), Ok(FifoGroupBy::BizKey));
+        assert_eq!("user_id".parse(), Ok(FifoGroupBy::UserId));
+        assert_eq!("topic".parse(), Ok(FifoGroupBy::Topic));
+        let e = "shop".parse::<FifoGroupBy>().unwrap_err();
+        assert!(e.contains("biz_key, user_id or topic"), "{e}");
     }
 
     /// Characters SQS refuses never reach the wire raw, and the content still round-trips.

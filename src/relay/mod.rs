@@ -2,6 +2,7 @@
 //!
 //! - `ports`: the traits for TMC, queues and the dedup table, and their error type.
 //! - `body`: the SQS message body, attributes, parking records and batch packing (pure).
+//! - `biz_key`: the business key (`trade_<tid>`, ...) read from a message's content (pure).
 //! - `pass`: the orchestrator: loops, and a batch's verbs (claim, enqueue, park, record,
 //!   confirm).
 //! - `send`: the SQS stage: per-entry retries, and what an entry's outcome was.
@@ -9,6 +10,7 @@
 //! - `report`: the JSON report.
 //! - `memory`: in-memory adapters for tests.
 
+pub mod biz_key;
 pub mod body;
 pub mod flow;
 pub mod memory;

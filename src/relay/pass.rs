@@ -69,7 +69,7 @@ impl Default for RelaySettings {
     fn default() -> Self {
         Self {
             retention: Duration::from_secs(7 * 24 * 3600),
-            fifo_group_by: FifoGroupBy::UserId,
+            fifo_group_by: FifoGroupBy::default(),
             claim_grace: Duration::from_secs(10),
             max_send_attempts: 4,
             parallelism: 32,
