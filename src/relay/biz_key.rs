@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::top::message::parse_id;
+use crate::top::message::parse_u64;
 
 /// Topics starting with `topic_prefix` carry their business id in the content field `field`;
 /// the key is `key_prefix` followed by the id's exact decimal digits.
@@ -48,7 +48,7 @@ pub const RULES: &[Rule] = &[
 
 /// Just the fields the rules read; everything else in `content` is skipped without being
 /// built. `Value` keeps integers as `u64`/`i64` (never `f64` when they fit), so ids above
-/// 2^53 stay exact; an integer beyond `u64` becomes `f64` and is refused by `parse_id`.
+/// 2^53 stay exact; an integer beyond `u64` becomes `f64` and is refused by `parse_u64`.
 #[derive(Deserialize)]
 struct Ids {
     /// `taobao_trade_*`.
@@ -80,7 +80,7 @@ impl Ids {
 pub fn biz_key(topic: &str, content: &str) -> Option<String> {
     let rule = RULES.iter().find(|r| topic.starts_with(r.topic_prefix))?;
     let ids: Ids = serde_json::from_str(content).ok()?;
-    let id = parse_id(ids.get(rule.field)?).ok()?;
+    let id = parse_u64(ids.get(rule.field)?).ok()?;
     Some(format!("{}{id}", rule.key_prefix))
 }
 
