@@ -551,6 +551,8 @@ async fn bootstrap_lambda_never_prints_the_secret() {
     let (kind, body) = rt.invoke(&mut function, "{}").await;
     assert_eq!(kind, "error", "{body}");
     assert!(body.contains("TOP_APP_SECRET"), "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["errorType"], "FatalError", "{body}");
     assert_clean("the failed invocation's answer", &body);
     let (stdout, stderr) = function.unwrap().stop().await;
     assert_clean("bootstrap's stdout (wrong secret)", &stdout);
