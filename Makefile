@@ -14,6 +14,10 @@ VENV := .venv
 VENV_BIN := $(abspath $(VENV))/bin
 TOOLS := $(VENV)/.tools-installed
 DEPLOY_TOOLS := $(VENV)/.deploy-tools-installed
+# ministack (the local AWS that template.yaml is deployed into) lives in its own virtualenv:
+# it pins botocore differently from moto and boto3 in .venv.
+MINISTACK_VENV := .venv-ministack
+MINISTACK_TOOLS := $(MINISTACK_VENV)/.tools-installed
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 PIP := $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check
 
@@ -33,19 +37,25 @@ MAX_MESSAGES ?=
 MAX_SECONDS ?=
 CONCURRENCY ?=
 
-.PHONY: help tools demo test lint build sam-build deploy backfill logs
+.PHONY: help tools demo test lint build sam-build deploy backfill logs local-up local-down
 
 help: ## List the targets
 	@echo "tmc-relay targets:"
 	@sed -n 's/^\([a-z-]*\):.*## \(.*\)/  make \1\t\2/p' $(MAKEFILE_LIST) | expand -t 22
 
-tools: $(TOOLS) ## Install the pinned Python tools into .venv (the other targets do this when needed)
+tools: $(TOOLS) $(MINISTACK_TOOLS) ## Install the pinned Python tools into .venv and .venv-ministack (the other targets do this when needed)
 
-demo: $(TOOLS) ## One relay pass locally: moto + TMC simulator (3,000 messages) → SQS; prints report and messages
+demo: $(TOOLS) $(MINISTACK_TOOLS) ## Deploy template.yaml into a local AWS (ministack) and let it drain the TMC simulator (3,000 messages)
 	infra/demo.sh
 
-test: $(TOOLS) ## All tests: cfn-lint + template tests, then cargo nextest against a local moto
+test: $(TOOLS) $(MINISTACK_TOOLS) ## All tests: cfn-lint, template tests, the stack deployed into ministack, cargo nextest (moto + ministack)
 	infra/test.sh
+
+local-up: $(TOOLS) $(MINISTACK_TOOLS) ## Deploy the stack into ministack beside the TMC simulator and keep them running; prints the env vars to use
+	infra/local-stack.sh up
+
+local-down: ## Stop what make local-up started
+	infra/local-stack.sh down
 
 # make chaos: the size of the run and its seed (a seed fixes the messages, fault draws and crash points).
 SEED ?= 1
@@ -109,6 +119,15 @@ $(VENV)/bin/python:
 
 $(TOOLS): infra/requirements.txt | $(VENV)/bin/python
 	$(PIP) -r infra/requirements.txt
+	@touch $@
+
+$(MINISTACK_VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+		|| { echo "$(PYTHON) is older than 3.10; set PYTHON=python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(MINISTACK_VENV)
+
+$(MINISTACK_TOOLS): infra/requirements-ministack.txt | $(MINISTACK_VENV)/bin/python
+	$(MINISTACK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r infra/requirements-ministack.txt
 	@touch $@
 
 $(DEPLOY_TOOLS): infra/requirements-deploy.txt infra/requirements.txt | $(VENV)/bin/python

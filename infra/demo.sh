@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# `make demo`: one relay pass on this machine. Starts moto and the TMC simulator on 127.0.0.1,
-# creates the queues and table as template.yaml does, runs `tmc-relay run` against them, shows
-# the report, a few relayed messages and the simulator's state, and stops what it started.
+# `make demo`: the deployed product at work, on this machine. Builds the host `bootstrap`,
+# starts ministack (a local AWS) and the TMC simulator on 127.0.0.1, deploys template.yaml
+# itself into ministack with the template's default parameters, invokes the function once with
+# a backfill payload, lets the stack's own schedule drain the rest, shows what happened, and
+# stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . infra/localenv.sh
 
 main() {
-    cargo build --bins
-
     PRELOAD=${DEMO_PRELOAD:-3000}
-    MAX_SECONDS=${DEMO_MAX_SECONDS:-600}
-    # The demo's own app credentials, known only to the simulator and the relay started here.
+    BACKFILL=${DEMO_BACKFILL:-1000}
+    # The demo's own app credentials, known only to the simulator and the deployed stack.
     DEMO_APP_KEY=12345678
-    export TMC_SIM_APP_SECRET=demo-secret-for-the-local-simulator
+    TMC_SIM_APP_SECRET=$("$VENV_PY" -c 'import secrets; print(secrets.token_hex(16))')
+    export TMC_SIM_APP_SECRET
+    demo_started=$(date +%s)
+
+    log "building the host binaries (cargo build --bins; the first build takes a few minutes)"
+    cargo build --bins
 
     new_run_dir demo
     trap 'status=$?; finish "$status"; exit "$status"' EXIT
@@ -21,42 +26,45 @@ main() {
     trap 'exit 143' TERM
 
     use_dummy_aws
-    start_moto
+    start_ministack
     start_sim "$DEMO_APP_KEY" "$PRELOAD"
 
-    log "creating the relay queue, parking queue and dedup table in moto"
-    eval "$("$VENV_PY" infra/local.py create --endpoint "$MOTO_ENDPOINT" --prefix demo)"
-    printf '    %s\n' "RELAY_QUEUE_URL=$RELAY_QUEUE_URL" "PARKING_QUEUE_URL=$PARKING_QUEUE_URL" \
-        "DEDUP_TABLE_NAME=$DEDUP_TABLE_NAME" >&2
+    STACK=tmc-relay-demo
+    log "deploying template.yaml into ministack as stack $STACK (default parameters; AppKey, AppSecretArn and TopEndpoint point at the simulator)"
+    # The secret travels in the environment (TMC_SIM_APP_SECRET), never on a command line.
+    "$VENV_PY" infra/local.py deploy-local --endpoint "$MINISTACK_ENDPOINT" --stack "$STACK" \
+        --app-key "$DEMO_APP_KEY" --top-endpoint "$SIM_URL" \
+        --bootstrap "$TARGET_DIR/debug/bootstrap" >"$RUN_DIR/outputs.json"
+    deployed=$(date +%s)
+    log "the stack's outputs"
+    cat "$RUN_DIR/outputs.json"
+    output() { "$VENV_PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$RUN_DIR/outputs.json" "$1"; }
+    FUNCTION=$(output FunctionName)
+    RELAY_QUEUE_URL=$(output RelayQueueUrl)
+    PARKING_QUEUE_URL=$(output ParkingQueueUrl)
+    LOG_GROUP=$(output LogGroupName)
 
-    log "tmc-relay run (draining $PRELOAD messages; logs below, report after)"
+    payload="{\"max_messages\": $BACKFILL}"
+    log "invoking $FUNCTION with the backfill payload $payload (its report)"
     started=$(date +%s)
-    (
-        # Exported, not passed on a command line, so the secret never shows in `ps`.
-        export TOP_APP_KEY="$DEMO_APP_KEY" TOP_APP_SECRET="$TMC_SIM_APP_SECRET" TOP_ENDPOINT="$SIM_URL"
-        export AWS_ENDPOINT_URL="$MOTO_ENDPOINT" RUST_LOG="${RUST_LOG:-info}"
-        # moto serves one request at a time and slows with queue depth (about 1 s per
-        # SendMessageBatch at 3,000 deep): requests queued behind each other would outlast
-        # their 5 s timeout. So the demo keeps few in flight; AWS takes the defaults (32, 4).
-        export RELAY_PARALLELISM="${RELAY_PARALLELISM:-2}"
-        exec "$TARGET_DIR/debug/tmc-relay" run --max-seconds "$MAX_SECONDS" \
-            --pipeline-depth "${DEMO_PIPELINE_DEPTH:-1}"
-    ) >"$RUN_DIR/report.json" || status=$?
-    log "report ($(($(date +%s) - started)) s)"
-    cat "$RUN_DIR/report.json"
-    if [ "${status:-0}" -ne 0 ]; then
-        log "tmc-relay run failed (exit $status): its error is above"
-        return "$status"
-    fi
+    "$VENV_PY" infra/local.py invoke --endpoint "$MINISTACK_ENDPOINT" --function "$FUNCTION" \
+        --payload "$payload"
+    log "the backfill took $(($(date +%s) - started)) s"
+
+    log "waiting for the stack's schedule (rate(1 minute), first tick a minute after the deploy) to drain the rest"
+    "$VENV_PY" infra/local.py wait-drained --sim-url "$SIM_URL" --timeout 300
+    log "drained $(($(date +%s) - deployed)) s after the deploy; every pass the function logged:"
+    "$VENV_PY" infra/local.py pass-reports --endpoint "$MINISTACK_ENDPOINT" --log-group "$LOG_GROUP"
 
     log "a few messages read back from the relay queue"
-    "$VENV_PY" infra/local.py peek --endpoint "$MOTO_ENDPOINT" --queue-url "$RELAY_QUEUE_URL" --n 3
+    "$VENV_PY" infra/local.py peek --endpoint "$MINISTACK_ENDPOINT" --queue-url "$RELAY_QUEUE_URL" --n 3
 
     log "the parking queue"
-    "$VENV_PY" infra/local.py peek --endpoint "$MOTO_ENDPOINT" --queue-url "$PARKING_QUEUE_URL" --n 1
+    "$VENV_PY" infra/local.py peek --endpoint "$MINISTACK_ENDPOINT" --queue-url "$PARKING_QUEUE_URL" --n 1
 
     log "the simulator's state"
     "$VENV_PY" infra/local.py sim-state --url "$SIM_URL"
+    log "done in $(($(date +%s) - demo_started)) s; stopping ministack and the simulator"
 }
 
 main "$@"

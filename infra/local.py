@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Local operation helpers for tmc-relay, run with the project's virtualenv (.venv/bin/python).
 
-Local (moto, used by `make demo` and `make test`; always against an explicit --endpoint):
-  moto       run a moto server on 127.0.0.1 and a free port, written to --port-file, until SIGTERM
-  wait-http  wait until a URL answers HTTP
-  create     create the relay queue (+ its DLQ), the parking queue and the dedup table, shaped as
-             in template.yaml; prints `export NAME=value` lines for the relay's environment
-  peek       print a few messages from a queue without consuming them
-  sim-state  print the simulator's state (GET <base>/_sim/state)
+Local (`make demo`, `make local-up`, `make test`; always against an explicit --endpoint):
+  moto          run a moto server on 127.0.0.1 and a free port, written to --port-file, until SIGTERM
+  free-port     print a free TCP port on 127.0.0.1
+  wait-http     wait until a URL answers HTTP
+  deploy-local  deploy template.yaml itself into a local AWS (ministack): the app secret (read from
+                the environment, never argv) into Secrets Manager, the host-built bootstrap into S3,
+                then a CloudFormation change set; prints the stack's outputs as JSON
+  invoke        invoke a function synchronously (like make backfill); print its answer
+  wait-drained  wait until the simulator has nothing pending or in flight
+  pass-reports  print the report of every pass the function logged (scheduled ones included)
+  peek          print a few messages from a queue without consuming them
+  sim-state     print the simulator's state (GET <base>/_sim/state)
 
 Build:
   artifact   check that a Lambda zip holds one executable arm64 `bootstrap`; print its sizes
@@ -25,7 +30,10 @@ import argparse
 import base64
 import json
 import os
-import shlex
+import re
+import shutil
+import subprocess
+import tempfile
 import signal
 import sys
 import threading
@@ -34,13 +42,6 @@ import urllib.error
 import urllib.request
 
 REGION_DEFAULT = "us-east-1"
-
-# The shapes below mirror template.yaml; infra/tests/test_template.py checks they agree.
-QUEUE_MAXIMUM_MESSAGE_SIZE = 1_048_576
-QUEUE_RETENTION_SECONDS = 1_209_600
-CONSUMER_MAX_RECEIVE_COUNT = 5
-TABLE_HASH_KEY = ("pk", "S")
-TABLE_TTL_ATTRIBUTE = "expires_at"
 
 BACKFILL_FIELDS = (
     "group_names",
@@ -107,67 +108,7 @@ def cmd_wait_http(args: argparse.Namespace) -> int:
     return 1
 
 
-# --- create / peek ------------------------------------------------------------------------------
-
-
-def queue_attributes(fifo: bool, dlq_arn: str | None = None) -> dict[str, str]:
-    attrs = {
-        "MaximumMessageSize": str(QUEUE_MAXIMUM_MESSAGE_SIZE),
-        "MessageRetentionPeriod": str(QUEUE_RETENTION_SECONDS),
-        "SqsManagedSseEnabled": "true",
-    }
-    if fifo:
-        attrs.update(FifoQueue="true", ContentBasedDeduplication="false")
-    if dlq_arn:
-        attrs["RedrivePolicy"] = json.dumps(
-            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": CONSUMER_MAX_RECEIVE_COUNT}
-        )
-    return attrs
-
-
-def table_definition(name: str) -> dict:
-    key, key_type = TABLE_HASH_KEY
-    return {
-        "TableName": name,
-        "BillingMode": "PAY_PER_REQUEST",
-        "AttributeDefinitions": [{"AttributeName": key, "AttributeType": key_type}],
-        "KeySchema": [{"AttributeName": key, "KeyType": "HASH"}],
-        "SSESpecification": {"Enabled": True},
-    }
-
-
-def cmd_create(args: argparse.Namespace) -> int:
-    sqs = _client("sqs", args.endpoint, args.region)
-    ddb = _client("dynamodb", args.endpoint, args.region)
-    suffix = ".fifo" if args.fifo else ""
-
-    def create_queue(name: str, attrs: dict[str, str]) -> tuple[str, str]:
-        url = sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        return url, arn
-
-    _, dlq_arn = create_queue(f"{args.prefix}-relay-dlq{suffix}", queue_attributes(args.fifo))
-    relay_url, _ = create_queue(f"{args.prefix}-relay{suffix}", queue_attributes(args.fifo, dlq_arn))
-    parking_url, _ = create_queue(f"{args.prefix}-parking", queue_attributes(False))
-
-    table = f"{args.prefix}-dedup"
-    existing = ddb.list_tables()["TableNames"]
-    if table not in existing:
-        ddb.create_table(**table_definition(table))
-        ddb.get_waiter("table_exists").wait(TableName=table)
-        ddb.update_time_to_live(
-            TableName=table,
-            TimeToLiveSpecification={"Enabled": True, "AttributeName": TABLE_TTL_ATTRIBUTE},
-        )
-
-    env = {
-        "RELAY_QUEUE_URL": relay_url,
-        "PARKING_QUEUE_URL": parking_url,
-        "DEDUP_TABLE_NAME": table,
-    }
-    for k, v in env.items():
-        print(f"export {k}={shlex.quote(v)}")
-    return 0
+# --- peek / sim-state ---------------------------------------------------------------------------
 
 
 def cmd_peek(args: argparse.Namespace) -> int:
@@ -195,13 +136,237 @@ def cmd_peek(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_state(args: argparse.Namespace) -> int:
-    base = args.url.split("/router/rest")[0].rstrip("/")
-    with urllib.request.urlopen(f"{base}/_sim/state", timeout=30) as r:
-        state = json.load(r)
+    state = sim_state(args.url, messages=args.full)
     if not args.full:
         # The per-message map runs to thousands of entries: summarise it.
         state = {k: v for k, v in state.items() if not (isinstance(v, (dict, list)) and len(v) > 20)}
     print(json.dumps(state, indent=2, sort_keys=True, ensure_ascii=False))
+    return 0
+
+
+# --- the stack in a local AWS (ministack) -------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEMPLATE = os.path.join(ROOT, "template.yaml")
+LOCAL_ARTIFACT_BUCKET = "tmc-relay-local-artifacts"
+# The one line `sam build` + `sam deploy` rewrite: the function's code location.
+_CODE_URI_LINE = re.compile(r"^(\s+)CodeUri: \.\s*$", re.M)
+
+
+def template_with_artifact(s3_uri: str, template_path: str = TEMPLATE) -> str:
+    """template.yaml as `sam deploy` sends it: the function's CodeUri pointing at the uploaded
+    artifact, every other byte unchanged."""
+    text = open(template_path, encoding="utf-8").read()
+    found = _CODE_URI_LINE.findall(text)
+    if len(found) != 1:
+        raise SystemExit(f"{template_path}: expected one `CodeUri: .` line, found {len(found)}")
+    return _CODE_URI_LINE.sub(lambda m: f"{m.group(1)}CodeUri: {s3_uri}", text)
+
+
+def lambda_zip(bootstrap: str) -> bytes:
+    """The function's zip: one executable `bootstrap`, stripped of debug info as cargo-lambda's
+    release build is (the debug build is ~250 MB, Lambda's unzipped limit)."""
+    import io
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = bootstrap
+        if shutil.which("strip"):
+            path = os.path.join(tmp, "bootstrap")
+            subprocess.run(["strip", "-o", path, bootstrap], check=True)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+            info = zipfile.ZipInfo("bootstrap", date_time=(2026, 1, 1, 0, 0, 0))
+            info.external_attr = 0o755 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(path, "rb") as f:
+                z.writestr(info, f.read())
+        return buf.getvalue()
+
+
+def put_local_secret(endpoint: str, name: str, value: str, region: str = REGION_DEFAULT) -> str:
+    sm = _client("secretsmanager", endpoint, region)
+    try:
+        return sm.put_secret_value(SecretId=name, SecretString=value)["ARN"]
+    except sm.exceptions.ResourceNotFoundException:
+        return sm.create_secret(Name=name, SecretString=value)["ARN"]
+
+
+def deploy_local(
+    endpoint: str,
+    stack: str,
+    parameters: dict[str, str],
+    bootstrap: str,
+    region: str = REGION_DEFAULT,
+    log=lambda msg: None,
+) -> dict[str, str]:
+    """Deploys template.yaml into the local AWS at `endpoint` as `sam deploy` would (artifact to
+    S3, then a CREATE change set with the capabilities samconfig.toml grants) and returns the
+    stack's outputs."""
+    s3 = _client("s3", endpoint, region)
+    cfn = _client("cloudformation", endpoint, region)
+    existing = [b["Name"] for b in s3.list_buckets().get("Buckets", [])]
+    if LOCAL_ARTIFACT_BUCKET not in existing:
+        s3.create_bucket(Bucket=LOCAL_ARTIFACT_BUCKET)
+    body = lambda_zip(bootstrap)
+    key = f"{stack}/bootstrap.zip"
+    s3.put_object(Bucket=LOCAL_ARTIFACT_BUCKET, Key=key, Body=body)
+    log(f"uploaded the host-built bootstrap ({len(body) / 1e6:.1f} MB zipped) to s3://{LOCAL_ARTIFACT_BUCKET}/{key}")
+    name = f"{stack}-create"
+    cfn.create_change_set(
+        StackName=stack,
+        ChangeSetName=name,
+        ChangeSetType="CREATE",
+        TemplateBody=template_with_artifact(f"s3://{LOCAL_ARTIFACT_BUCKET}/{key}"),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
+    )
+    cs = _wait(lambda: cfn.describe_change_set(StackName=stack, ChangeSetName=name),
+               lambda d: d["Status"] not in ("CREATE_PENDING", "CREATE_IN_PROGRESS"))
+    if cs["Status"] != "CREATE_COMPLETE":
+        raise SystemExit(f"change set {cs['Status']}: {cs.get('StatusReason')}")
+    log(f"change set: {len(cs.get('Changes', []))} resources to add; executing it")
+    cfn.execute_change_set(StackName=stack, ChangeSetName=name)
+    st = _wait(lambda: cfn.describe_stacks(StackName=stack)["Stacks"][0],
+               lambda d: not d["StackStatus"].endswith("_IN_PROGRESS"))
+    if st["StackStatus"] != "CREATE_COMPLETE":
+        events = cfn.describe_stack_events(StackName=stack)["StackEvents"]
+        failed = [f"{e['LogicalResourceId']}: {e.get('ResourceStatusReason')}" for e in events
+                  if e["ResourceStatus"].endswith("FAILED")]
+        raise SystemExit(f"stack {stack}: {st['StackStatus']} ({st.get('StackStatusReason')}); {failed}")
+    return {o["OutputKey"]: o["OutputValue"] for o in st.get("Outputs", [])}
+
+
+def _wait(get, done, timeout: float = 300, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gave up waiting after {timeout:.0f}s: {value}")
+        time.sleep(every)
+
+
+def cmd_free_port(args: argparse.Namespace) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        print(s.getsockname()[1])
+    return 0
+
+
+def cmd_deploy_local(args: argparse.Namespace) -> int:
+    secret = os.environ.get(args.secret_env, "")
+    if not secret:
+        raise SystemExit(f"{args.secret_env} is not set: the app secret comes from the environment, never argv")
+    arn = put_local_secret(args.endpoint, args.secret_name, secret, args.region)
+    _log(f"stored the app secret in Secrets Manager as {arn}")
+    params = {"AppKey": args.app_key, "AppSecretArn": arn, "TopEndpoint": args.top_endpoint}
+    for kv in args.param:
+        k, _, v = kv.partition("=")
+        params[k] = v
+    outputs = deploy_local(args.endpoint, args.stack, params, args.bootstrap, args.region, _log)
+    print(json.dumps(outputs, indent=2))
+    return 0
+
+
+def _log(msg: str) -> None:
+    print(f"    {msg}", file=sys.stderr, flush=True)
+
+
+def invoke_local(endpoint: str, function: str, payload, region: str = REGION_DEFAULT) -> dict:
+    """One synchronous invocation; never retried by the client (a retry would be a second pass).
+    Returns {"error": FunctionError or None, "answer": the decoded payload, "log": the tail}."""
+    import boto3
+    from botocore.config import Config
+
+    lam = boto3.client(
+        "lambda", region_name=region, endpoint_url=endpoint,
+        aws_access_key_id="test", aws_secret_access_key="test",
+        config=Config(read_timeout=960, connect_timeout=10, retries={"max_attempts": 0}),
+    )
+    r = lam.invoke(FunctionName=function, InvocationType="RequestResponse", LogType="Tail",
+                   Payload=json.dumps(payload).encode())
+    raw = r["Payload"].read().decode("utf-8", "replace")
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = raw
+    tail = base64.b64decode(r["LogResult"]).decode("utf-8", "replace") if r.get("LogResult") else ""
+    return {"error": r.get("FunctionError"), "answer": answer, "log": tail}
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    got = invoke_local(args.endpoint, args.function, json.loads(args.payload), args.region)
+    print(json.dumps(got["answer"], indent=2, ensure_ascii=False))
+    if got["error"]:
+        print(f"the invocation failed ({got['error']})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def sim_state(url: str, messages: bool = False) -> dict:
+    base = url.split("/router/rest")[0].rstrip("/")
+    q = "" if messages else "?messages=false"
+    with urllib.request.urlopen(f"{base}/_sim/state{q}", timeout=30) as r:
+        return json.load(r)
+
+
+def cmd_wait_drained(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while time.monotonic() < deadline:
+        st = sim_state(args.sim_url)
+        left = st["pending"] + st["inflight"]
+        if left == 0:
+            return 0
+        if left != last:
+            _log(f"{left} message(s) not yet confirmed")
+            last = left
+        time.sleep(2)
+    print(f"the simulator still had messages after {args.timeout:.0f}s", file=sys.stderr)
+    return 1
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def pass_reports(endpoint: str, log_group: str, region: str = REGION_DEFAULT) -> list[dict]:
+    """The report of every pass in the function's log group, oldest first, each with the
+    request id of its invocation, read from the "pass finished" line each pass logs."""
+    logs = _client("logs", endpoint, region)
+    found = []
+    for st in logs.describe_log_streams(logGroupName=log_group).get("logStreams", []):
+        events = logs.get_log_events(logGroupName=log_group, logStreamName=st["logStreamName"],
+                                     startFromHead=True).get("events", [])
+        for e in events:
+            line = _ANSI.sub("", e["message"])
+            if "pass finished" not in line:
+                continue
+            try:
+                if line.lstrip().startswith("{"):  # JSON logs
+                    v = json.loads(line)
+                    report, request = json.loads(v["report"]), v.get("requestId")
+                else:
+                    text = line.split("report=", 1)[1]
+                    report, end = json.JSONDecoder().raw_decode(text)
+                    m = re.search(r'requestId="([^"]+)"', text[end:])
+                    request = m.group(1) if m else None
+            except (ValueError, KeyError, IndexError):
+                continue
+            found.append({"timestamp": e["timestamp"], "request_id": request, "report": report})
+    return sorted(found, key=lambda r: r["timestamp"])
+
+
+def cmd_pass_reports(args: argparse.Namespace) -> int:
+    for r in pass_reports(args.endpoint, args.log_group, args.region):
+        when = time.strftime("%H:%M:%S", time.gmtime(r["timestamp"] / 1000))
+        rep = r["report"]
+        summary = {k: rep.get(k) for k in ("consumed", "enqueued", "duplicates", "confirmed",
+                                           "deferred", "parked", "batches", "stop_reason", "elapsed_ms")}
+        print(f"{when} UTC, request {r['request_id']}: {json.dumps(summary)}")
     return 0
 
 
@@ -365,20 +530,46 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--timeout", type=float, default=30)
     s.set_defaults(func=cmd_wait_http)
 
-    for name, func, help_ in (
-        ("create", cmd_create, "create the queues and table on a local endpoint"),
-        ("peek", cmd_peek, "print a few messages from a queue without consuming them"),
-    ):
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("--endpoint", required=True, help="e.g. http://127.0.0.1:5000 (moto)")
-        s.add_argument("--region", default=REGION_DEFAULT)
-        s.set_defaults(func=func)
-        if name == "create":
-            s.add_argument("--prefix", default="demo")
-            s.add_argument("--fifo", action="store_true", help="make the relay queue and its DLQ FIFO")
-        else:
-            s.add_argument("--queue-url", required=True)
-            s.add_argument("--n", type=int, default=3)
+    s = sub.add_parser("free-port", help="print a free TCP port on 127.0.0.1")
+    s.set_defaults(func=cmd_free_port)
+
+    s = sub.add_parser("peek", help="print a few messages from a queue without consuming them")
+    s.add_argument("--endpoint", required=True, help="e.g. http://127.0.0.1:4566 (ministack)")
+    s.add_argument("--region", default=REGION_DEFAULT)
+    s.add_argument("--queue-url", required=True)
+    s.add_argument("--n", type=int, default=3)
+    s.set_defaults(func=cmd_peek)
+
+    s = sub.add_parser("deploy-local", help="deploy template.yaml into a local AWS (ministack)")
+    s.add_argument("--endpoint", required=True)
+    s.add_argument("--region", default=REGION_DEFAULT)
+    s.add_argument("--stack", required=True)
+    s.add_argument("--app-key", required=True)
+    s.add_argument("--top-endpoint", required=True, help="the simulator's gateway URL")
+    s.add_argument("--secret-name", default="tmc-relay/app-secret")
+    s.add_argument("--secret-env", default="TMC_SIM_APP_SECRET",
+                   help="environment variable holding the app secret")
+    s.add_argument("--bootstrap", required=True, help="the host-built bootstrap binary")
+    s.add_argument("--param", action="append", default=[], help="another parameter, KEY=VALUE")
+    s.set_defaults(func=cmd_deploy_local)
+
+    s = sub.add_parser("invoke", help="invoke a function synchronously and print its answer")
+    s.add_argument("--endpoint", required=True)
+    s.add_argument("--region", default=REGION_DEFAULT)
+    s.add_argument("--function", required=True)
+    s.add_argument("--payload", default="{}")
+    s.set_defaults(func=cmd_invoke)
+
+    s = sub.add_parser("wait-drained", help="wait until the simulator has nothing left to relay")
+    s.add_argument("--sim-url", required=True)
+    s.add_argument("--timeout", type=float, default=300)
+    s.set_defaults(func=cmd_wait_drained)
+
+    s = sub.add_parser("pass-reports", help="print the reports of the passes a function logged")
+    s.add_argument("--endpoint", required=True)
+    s.add_argument("--region", default=REGION_DEFAULT)
+    s.add_argument("--log-group", required=True)
+    s.set_defaults(func=cmd_pass_reports)
 
     s = sub.add_parser("sim-state", help="print the simulator's state")
     s.add_argument("--url", required=True, help="the gateway URL tmc-sim printed")

@@ -8,7 +8,10 @@
 # do not collide. It is removed when the run succeeds and kept, with its logs, when it fails.
 
 VENV_PY=${VENV_PY:-.venv/bin/python}
+MINISTACK_PY=${MINISTACK_PY:-.venv-ministack/bin/python}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
+# KEEP_SERVICES=1 (make local-up): no watchdogs, so the services outlive this script.
+KEEP_SERVICES=${KEEP_SERVICES:-0}
 
 _started_pids=()
 _watchdog_pids=()
@@ -31,6 +34,7 @@ use_dummy_aws() {
 
 # watch PID: stops PID even if this script dies without running its traps (e.g. SIGKILL).
 watch() {
+    [ "$KEEP_SERVICES" = 1 ] && return 0
     local pid=$1 parent=$$
     (
         trap - EXIT INT TERM
@@ -71,6 +75,38 @@ start_moto() {
     export MOTO_ENDPOINT
     "$VENV_PY" infra/local.py wait-http "$MOTO_ENDPOINT/moto-api/" --timeout 30 || return 1
     log "moto is up at $MOTO_ENDPOINT (pid $pid)"
+}
+
+# start_ministack: starts ministack (the local AWS that template.yaml is deployed into) on
+# 127.0.0.1 and a free port; exports MINISTACK_ENDPOINT.
+#
+# It runs with an environment of its own (env -i): ministack passes its whole environment to
+# the Lambda functions it runs, and a deployed function must see only what Lambda would give
+# it, never this shell's TOP_* or AWS_* settings. AWS_ENDPOINT_URL is ministack's own address,
+# which it hands to every function it runs, so the template needs no local-only setting. The
+# functions' unpacked code goes to TMPDIR, inside the run directory.
+start_ministack() {
+    local port
+    port=$("$VENV_PY" infra/local.py free-port) || return 1
+    mkdir -p "$RUN_DIR/ministack-tmp"
+    env -i PATH="/usr/local/bin:/usr/bin:/bin" HOME="$PWD/$RUN_DIR/ministack-tmp" \
+        TMPDIR="$PWD/$RUN_DIR/ministack-tmp" LANG=C.UTF-8 \
+        BIND_HOST=127.0.0.1 GATEWAY_PORT="$port" MINISTACK_HOST=127.0.0.1 \
+        AWS_ENDPOINT_URL="http://127.0.0.1:$port" \
+        AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 \
+        "$MINISTACK_PY" -m ministack >"$RUN_DIR/ministack.log" 2>&1 &
+    local pid=$!
+    _started_pids+=("$pid")
+    watch "$pid"
+    echo "$pid" >"$RUN_DIR/ministack.pid"
+    MINISTACK_ENDPOINT="http://127.0.0.1:$port"
+    export MINISTACK_ENDPOINT
+    if ! "$VENV_PY" infra/local.py wait-http "$MINISTACK_ENDPOINT/_ministack/health" --timeout 60; then
+        log "ministack did not start; its log:"
+        tail -n 30 "$RUN_DIR/ministack.log" >&2 || true
+        return 1
+    fi
+    log "ministack is up at $MINISTACK_ENDPOINT (pid $pid)"
 }
 
 # start_sim APP_KEY PRELOAD: starts tmc-sim on 127.0.0.1:0; the secret comes from

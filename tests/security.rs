@@ -551,10 +551,54 @@ async fn bootstrap_lambda_never_prints_the_secret() {
     let (kind, body) = rt.invoke(&mut function, "{}").await;
     assert_eq!(kind, "error", "{body}");
     assert!(body.contains("TOP_APP_SECRET"), "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["errorType"], "FatalError", "{body}");
     assert_clean("the failed invocation's answer", &body);
     let (stdout, stderr) = function.unwrap().stop().await;
     assert_clean("bootstrap's stdout (wrong secret)", &stdout);
     assert_clean("bootstrap's stderr (wrong secret)", &stderr);
+}
+
+/// A bad setting stops the `bootstrap` at start: it posts `ConfigError`, naming the variable,
+/// to the Runtime API's `/init/error` (what Lambda shows the invoker), and prints no secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_reports_a_bad_setting_to_init_error() {
+    let vars: HashMap<String, String> = [
+        ("TOP_APP_KEY", APP_KEY),
+        ("TOP_APP_SECRET", SECRET),
+        ("RELAY_QUEUE_URL", "http://127.0.0.1:9/000000000000/relay"),
+        (
+            "PARKING_QUEUE_URL",
+            "http://127.0.0.1:9/000000000000/parking",
+        ),
+        ("DEDUP_TABLE_NAME", "tmc-dedup"),
+        ("TMC_QUANTITY", "5"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let mut rt = Runtime::start().await;
+    let function = rt.spawn_function(&vars);
+    let (kind, body) = tokio::time::timeout(Duration::from_secs(60), rt.results.recv())
+        .await
+        .expect("the function reported nothing within a minute")
+        .unwrap();
+    assert_eq!(kind, "init_error", "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["errorType"], "ConfigError", "{body}");
+    assert!(
+        answer["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("TMC_QUANTITY"),
+        "{body}"
+    );
+    assert_clean("the init error", &body);
+    let (stdout, stderr) = function.unwrap().stop().await;
+    assert_clean("bootstrap's stdout (bad setting)", &stdout);
+    assert_clean("bootstrap's stderr (bad setting)", &stderr);
 }
 
 /// With `AWS_LAMBDA_LOG_FORMAT=JSON` every log line of the Lambda is a JSON object, and each

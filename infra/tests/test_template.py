@@ -1,6 +1,6 @@
 """Checks on template.yaml that cfn-lint cannot make: that the function gets exactly the
 environment the code reads and exactly the permissions the code uses, that everything holding
-messages is encrypted, and that the shapes agree with the code and with infra/local.py.
+messages is encrypted, and that the shapes agree with the code. test_local_stack.py deploys it.
 
 Run by `make test` (`.venv/bin/python -m pytest infra/tests`).
 """
@@ -8,7 +8,6 @@ Run by `make test` (`.venv/bin/python -m pytest infra/tests`).
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -212,13 +211,6 @@ def granted(template: dict) -> set[tuple[str, str]]:
     return pairs
 
 
-def load_local_py():
-    spec = importlib.util.spec_from_file_location("tmc_relay_local", ROOT / "infra" / "local.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 # --- permissions --------------------------------------------------------------------------------
 
 
@@ -374,25 +366,6 @@ def test_relay_queue_takes_1_mib_and_is_fifo_only_by_parameter(template):
     assert relay["ContentBasedDeduplication"] == {"Fn::If": ["IsFifo", False, {"Ref": "AWS::NoValue"}]}
     assert relay["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["RelayDeadLetterQueue", "Arn"]}
     assert template["Conditions"]["IsFifo"] == {"Fn::Equals": [{"Ref": "FifoQueue"}, "true"]}
-
-
-def test_local_environment_matches_the_template(template):
-    """infra/local.py (make demo) creates the same shapes as the template."""
-    local = load_local_py()
-    r = template["Resources"]
-    relay = r["RelayQueue"]["Properties"]
-    assert local.QUEUE_MAXIMUM_MESSAGE_SIZE == relay["MaximumMessageSize"]
-    assert local.QUEUE_RETENTION_SECONDS == relay["MessageRetentionPeriod"]
-    assert local.CONSUMER_MAX_RECEIVE_COUNT == template["Parameters"]["ConsumerMaxReceiveCount"]["Default"]
-    table = local.table_definition("t")
-    props = r["DedupTable"]["Properties"]
-    assert table["KeySchema"] == props["KeySchema"]
-    assert table["AttributeDefinitions"] == props["AttributeDefinitions"]
-    assert table["BillingMode"] == props["BillingMode"]
-    assert local.TABLE_TTL_ATTRIBUTE == props["TimeToLiveSpecification"]["AttributeName"]
-    attrs = local.queue_attributes(fifo=True, dlq_arn="arn:aws:sqs:us-east-1:000000000000:d.fifo")
-    assert attrs["SqsManagedSseEnabled"] == "true"
-    assert attrs["FifoQueue"] == "true" and attrs["ContentBasedDeduplication"] == "false"
 
 
 # --- function and schedule ----------------------------------------------------------------------

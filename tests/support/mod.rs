@@ -1,5 +1,5 @@
-//! Shared end-to-end test support: moto (started by `make test`), the in-process simulator,
-//! fresh queues and tables per test, and reading queues back.
+//! Shared end-to-end test support: moto and ministack (started by `make test`), the in-process
+//! simulator, fresh queues and tables per test, and reading queues back.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -26,6 +26,14 @@ pub const APP_KEY: &str = "12345678";
 pub fn moto() -> String {
     std::env::var("MOTO_ENDPOINT").unwrap_or_else(|_| {
         panic!("MOTO_ENDPOINT is not set: run the end-to-end tests with `make test`, which starts moto")
+    })
+}
+
+/// ministack's endpoint, exported by `make test` (a local AWS whose SQS stays fast at any depth
+/// and which models PartiQL writes). Without it the test fails: it is never skipped.
+pub fn ministack() -> String {
+    std::env::var("MINISTACK_ENDPOINT").unwrap_or_else(|_| {
+        panic!("MINISTACK_ENDPOINT is not set: run the end-to-end tests with `make test`, which starts ministack")
     })
 }
 
