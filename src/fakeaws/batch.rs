@@ -256,6 +256,35 @@ pub fn fix_sender_fault(response: &mut Value) -> bool {
     changed
 }
 
+/// How many entries a batch request carries (`Entries`, `RequestItems`, `Statements`); 1 for
+/// any other request.
+pub fn entries_of(op: &str, body: &Value) -> u64 {
+    let n = match op {
+        "SendMessageBatch" | "DeleteMessageBatch" => {
+            body.get("Entries").and_then(Value::as_array).map(Vec::len)
+        }
+        "BatchWriteItem" | "BatchGetItem" => body
+            .get("RequestItems")
+            .and_then(Value::as_object)
+            .map(|t| {
+                t.values()
+                    .map(|v| {
+                        v.as_array()
+                            .map(Vec::len)
+                            .or_else(|| v.get("Keys").and_then(Value::as_array).map(Vec::len))
+                            .unwrap_or(0)
+                    })
+                    .sum()
+            }),
+        "BatchExecuteStatement" => body
+            .get("Statements")
+            .and_then(Value::as_array)
+            .map(Vec::len),
+        _ => Some(1),
+    };
+    n.unwrap_or(0) as u64
+}
+
 fn queue_name(url: &str) -> String {
     url.trim_end_matches('/')
         .rsplit('/')

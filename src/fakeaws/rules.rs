@@ -212,6 +212,9 @@ pub struct OpStats {
     pub failed_entries: u64,
     /// Of `failed_entries`, those with `SenderFault: true`.
     pub sender_fault_entries: u64,
+    /// Entries (batch entries, items, statements) of the requests answered with a whole-request
+    /// fault (throttling, 500) or whose answer was lost: what the client may have to redo.
+    pub faulted_entries: u64,
     /// Requests whose client stopped waiting before the answer (its own timeout, or it was
     /// killed): carried out or not, the client does not know.
     pub abandoned: u64,
@@ -262,6 +265,7 @@ impl FaultStats {
             t.lost_responses += s.lost_responses;
             t.failed_entries += s.failed_entries;
             t.sender_fault_entries += s.sender_fault_entries;
+            t.faulted_entries += s.faulted_entries;
             t.abandoned += s.abandoned;
             t.abandoned_entries += s.abandoned_entries;
             t.peak_in_flight = t.peak_in_flight.max(s.peak_in_flight);

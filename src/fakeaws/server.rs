@@ -440,6 +440,11 @@ async fn handle(
     st.count(op, |s| s.requests += 1);
     st.pause(rules.latency_ms.saturating_add(jitter)).await;
 
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    if fault.is_some() {
+        let n = parsed.as_ref().map_or(1, |b| batch::entries_of(op, b));
+        st.count(op, |s| s.faulted_entries += n);
+    }
     match fault {
         Some(Fault::Throttle) => {
             st.count(op, |s| s.throttled += 1);
@@ -452,7 +457,6 @@ async fn handle(
         _ => {}
     }
 
-    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     let split = parsed.as_ref().and_then(|b| split(op, b, &rules, &mut rng));
     if let Some(h) = &split {
         st.count(op, |s| {
