@@ -2,6 +2,8 @@
 //! functions over request and response JSON, shared by both backends.
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
 use serde_json::{json, Map, Value};
 
 use super::rules::{OpRules, SplitMix64};
@@ -181,6 +183,80 @@ pub fn split_batch_get(body: &Value, rules: &OpRules, rng: &mut SplitMix64) -> O
     split_dynamo(body, rules, rng, 100, true)
 }
 
+/// Fails `BatchExecuteStatement` statements on their own at `partial_failure_rate`, with a
+/// throttling or internal-error code, as DynamoDB does. `held` lists each held statement's
+/// position and error; `merge_held` puts them back in place, since answers are positional.
+pub fn split_statements(body: &Value, rules: &OpRules, rng: &mut SplitMix64) -> Option<Split> {
+    let statements = body.get("Statements")?.as_array()?;
+    if statements.is_empty() || statements.len() > 25 {
+        return None;
+    }
+    let (mut keep, mut held) = (Vec::new(), Vec::new());
+    for (i, st) in statements.iter().enumerate() {
+        if rng.chance(rules.partial_failure_rate) {
+            let (code, message) = if rng.next_u64() & 1 == 0 {
+                (
+                    "ThrottlingError",
+                    "Injected by fake-aws: throughput exceeds the current capacity.",
+                )
+            } else {
+                (
+                    "InternalServerError",
+                    "Injected by fake-aws: internal server error.",
+                )
+            };
+            held.push(json!({"Position": i, "Error": {"Code": code, "Message": message}}));
+        } else {
+            keep.push(st.clone());
+        }
+    }
+    if held.is_empty() {
+        return None;
+    }
+    let held_count = held.len() as u64;
+    let forward = (!keep.is_empty()).then(|| {
+        let mut f = body.clone();
+        f["Statements"] = Value::Array(keep);
+        f
+    });
+    Some(Split {
+        forward,
+        held: Value::Array(held),
+        held_count,
+        sender_faults: 0,
+    })
+}
+
+/// Puts held statements' errors back at their positions among the backend's answers.
+fn merge_statements(obj: &mut Map<String, Value>, held: Value) {
+    let Value::Array(held) = held else { return };
+    let answered: Vec<Value> = obj
+        .get("Responses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut answered = answered.into_iter();
+    let total = answered.len() + held.len();
+    let mut by_pos: HashMap<u64, Value> = held
+        .into_iter()
+        .filter_map(|h| {
+            Some((
+                h.get("Position")?.as_u64()?,
+                json!({"Error": h.get("Error")?}),
+            ))
+        })
+        .collect();
+    let merged: Vec<Value> = (0..total as u64)
+        .map(|i| {
+            by_pos
+                .remove(&i)
+                .or_else(|| answered.next())
+                .unwrap_or(Value::Null)
+        })
+        .collect();
+    obj.insert("Responses".into(), Value::Array(merged));
+}
+
 /// The answer when every entry was held back (nothing reached the backend).
 pub fn all_held(op: &str, request: &Value, held: Value) -> Value {
     let capacity = request
@@ -190,6 +266,13 @@ pub fn all_held(op: &str, request: &Value, held: Value) -> Value {
     let mut out = match op {
         "SendMessageBatch" => json!({"Successful": [], "Failed": held}),
         "BatchWriteItem" => json!({"UnprocessedItems": held}),
+        "BatchExecuteStatement" => {
+            let mut out = json!({"Responses": []});
+            if let Some(obj) = out.as_object_mut() {
+                merge_statements(obj, held);
+            }
+            out
+        }
         _ => json!({"Responses": {}, "UnprocessedKeys": held}),
     };
     if capacity && op != "SendMessageBatch" {
@@ -204,6 +287,7 @@ pub fn merge_held(op: &str, response: &mut Value, held: Value) {
         return;
     };
     match op {
+        "BatchExecuteStatement" => merge_statements(obj, held),
         "SendMessageBatch" => {
             let failed = obj.entry("Failed").or_insert_with(|| json!([]));
             if let (Some(list), Value::Array(more)) = (failed.as_array_mut(), held) {
@@ -361,6 +445,48 @@ pub fn accepted_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Held statements' errors go back to their own positions among the forwarded answers.
+    #[test]
+    fn held_statements_keep_their_positions() {
+        let statements: Vec<Value> = (0..25)
+            .map(|i| json!({"Statement": format!("INSERT {i}")}))
+            .collect();
+        let body = json!({"Statements": statements});
+        let mut rng = SplitMix64::new(3);
+        let split = split_statements(&body, &rules(0.3, 0.0), &mut rng).unwrap();
+        let forwarded = split.forward.as_ref().unwrap()["Statements"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(forwarded.len() as u64 + split.held_count, 25);
+        // The backend answers each forwarded statement with its text as the table name.
+        let answers: Vec<Value> = forwarded
+            .iter()
+            .map(|s| json!({"TableName": s["Statement"]}))
+            .collect();
+        let mut response = json!({"Responses": answers});
+        merge_held("BatchExecuteStatement", &mut response, split.held);
+        let merged = response["Responses"].as_array().unwrap();
+        assert_eq!(merged.len(), 25);
+        let mut errors = 0;
+        for (i, r) in merged.iter().enumerate() {
+            match r.get("Error") {
+                Some(e) => {
+                    errors += 1;
+                    assert!(["ThrottlingError", "InternalServerError"]
+                        .contains(&e["Code"].as_str().unwrap()));
+                }
+                None => assert_eq!(r["TableName"], format!("INSERT {i}")),
+            }
+        }
+        assert_eq!(errors, split.held_count);
+        assert!(errors > 0 && errors < 25);
+        let all = split_statements(&body, &rules(1.0, 0.0), &mut rng).unwrap();
+        assert!(all.forward.is_none());
+        let answer = all_held("BatchExecuteStatement", &body, all.held);
+        assert_eq!(answer["Responses"].as_array().unwrap().len(), 25);
+    }
 
     fn batch(n: usize) -> Value {
         let entries: Vec<Value> = (0..n)

@@ -37,6 +37,7 @@
 //! against endpoints that are not the bottleneck.
 
 pub mod batch;
+pub mod inspect;
 pub mod memory;
 pub mod moto;
 pub mod rules;
@@ -144,6 +145,7 @@ impl FakeAws {
             stopping: stopping.clone(),
             pools: Mutex::default(),
             in_flight: Mutex::default(),
+            refused: Mutex::default(),
         });
         let app =
             server::router(shared.clone()).into_make_service_with_connect_info::<server::Conn>();

@@ -221,6 +221,9 @@ pub struct OpStats {
     /// Messages a backend stored for a request whose client had stopped waiting
     /// (`SendMessage`/`SendMessageBatch`): each may come back as a copy.
     pub abandoned_entries: u64,
+    /// Requests refused whole (throttling, 500) whose identical request was not carried out
+    /// since: writes that may never have happened (the client gave up on them).
+    pub unrecovered: u64,
     /// The most requests of this operation inside fake-aws at once (waiting or served).
     pub peak_in_flight: u64,
     /// Sum over requests of the requests in flight each found on arrival (itself included):

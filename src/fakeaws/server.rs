@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     pub pools: Mutex<HashMap<(String, u32), Arc<tokio::sync::Semaphore>>>,
     /// Requests inside fake-aws now, per operation.
     pub in_flight: Mutex<HashMap<String, u64>>,
+    /// Requests refused whole (throttling, 500) and not carried out since, by operation:
+    /// digests of their canonical JSON bodies.
+    pub refused: Mutex<HashMap<String, std::collections::HashSet<u64>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -78,6 +81,37 @@ impl Shared {
 
     pub fn accepted(&self) -> Vec<Accepted> {
         lock(&self.accepted).clone()
+    }
+
+    /// Notes a request refused whole (`refused`), or carried out: a refused request whose
+    /// identical retry was carried out since is recovered.
+    fn note_refusal(&self, op: &str, body: Option<&Value>, refused: bool) {
+        let Some(b) = body else { return };
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            // serde_json's maps are sorted: the text is canonical whatever the client's order.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            b.to_string().hash(&mut h);
+            h.finish()
+        };
+        let changed = {
+            let mut all = lock(&self.refused);
+            let set = all.entry(op.to_owned()).or_default();
+            if refused {
+                set.insert(digest)
+            } else {
+                set.remove(&digest)
+            }
+        };
+        if changed {
+            self.count(op, |s| {
+                if refused {
+                    s.unrecovered += 1;
+                } else {
+                    s.unrecovered = s.unrecovered.saturating_sub(1);
+                }
+            });
+        }
     }
 
     fn count(&self, op: &str, f: impl FnOnce(&mut super::rules::OpStats)) {
@@ -410,6 +444,7 @@ fn split(op: &str, body: &Value, rules: &OpRules, rng: &mut SplitMix64) -> Optio
         "SendMessageBatch" => batch::split_sqs_batch(body, rules, rng),
         "BatchWriteItem" => batch::split_batch_write(body, rules, rng),
         "BatchGetItem" => batch::split_batch_get(body, rules, rng),
+        "BatchExecuteStatement" => batch::split_statements(body, rules, rng),
         _ => None,
     }
 }
@@ -448,13 +483,15 @@ async fn handle(
     match fault {
         Some(Fault::Throttle) => {
             st.count(op, |s| s.throttled += 1);
+            st.note_refusal(op, parsed.as_ref(), true);
             return Outcome::Answer(throttle(service, &mut rng).answer(service));
         }
         Some(Fault::Error500) => {
             st.count(op, |s| s.error500 += 1);
+            st.note_refusal(op, parsed.as_ref(), true);
             return Outcome::Answer(server_error(service).answer(service));
         }
-        _ => {}
+        _ => st.note_refusal(op, parsed.as_ref(), false),
     }
 
     let split = parsed.as_ref().and_then(|b| split(op, b, &rules, &mut rng));

@@ -143,6 +143,7 @@ pub fn call(st: &mut DdbState, op: &str, body: &Value) -> Result<Value, AwsError
         "DeleteItem" => delete_item(st, body),
         "BatchGetItem" => batch_get(st, body),
         "BatchWriteItem" => batch_write(st, body),
+        "BatchExecuteStatement" => batch_execute(st, body),
         "Scan" => scan(st, body),
         _ => Err(AwsError::ddb_unknown_operation(op)),
     }
@@ -705,6 +706,144 @@ fn batch_get(st: &mut DdbState, body: &Value) -> Result<Value, AwsError> {
     }
     let out = json!({"Responses": responses, "UnprocessedKeys": {}});
     Ok(with_capacity(out, capacity_list(body, used)))
+}
+
+/// At most this many statements per `BatchExecuteStatement`.
+const MAX_BATCH_STATEMENTS: usize = 25;
+
+/// `BatchExecuteStatement` for the one statement shape the relay writes: a parameterised
+/// PartiQL `INSERT INTO "<table>" VALUE {'a': ?, ...}`. Each statement succeeds or fails on
+/// its own; an existing item fails it with `DuplicateItem` (with the item when
+/// `ReturnValuesOnConditionCheckFailure` is `ALL_OLD`), as DynamoDB does. Other statements
+/// fail with `ValidationError`, naming what this stand-in supports.
+fn batch_execute(st: &mut DdbState, body: &Value) -> Result<Value, AwsError> {
+    let statements = body
+        .get("Statements")
+        .and_then(Value::as_array)
+        .ok_or_else(|| v("1 validation error detected: Value null at 'statements' failed to satisfy constraint: Member must not be null"))?;
+    if statements.is_empty() || statements.len() > MAX_BATCH_STATEMENTS {
+        return Err(v(format!(
+            "1 validation error detected: Value at 'statements' failed to satisfy constraint: Member must have length less than or equal to 25, Member must have length greater than or equal to 1; got {}",
+            statements.len()
+        )));
+    }
+    let mut responses = Vec::with_capacity(statements.len());
+    let mut used: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for stmt in statements {
+        let err = |code: &str, msg: String| json!({"Error": {"Code": code, "Message": msg}});
+        let (name, item) = match parse_insert(stmt) {
+            Ok(x) => x,
+            Err(msg) => {
+                responses.push(err("ValidationError", msg));
+                continue;
+            }
+        };
+        let Some(t) = st.tables.get_mut(&name) else {
+            responses.push(err(
+                "ResourceNotFound",
+                format!("Requested resource not found: {name}"),
+            ));
+            continue;
+        };
+        if let Err(e) = check_item(t, &item) {
+            responses.push(err("ValidationError", e.message.clone()));
+            continue;
+        }
+        let key = match key_of(t, &item, false) {
+            Ok(k) => k,
+            Err(e) => {
+                responses.push(err("ValidationError", e.message.clone()));
+                continue;
+            }
+        };
+        let units = write_units(item_size(&item));
+        used.entry(name.clone()).or_default().1 += units;
+        match t.items.get(&key) {
+            Some(old) => {
+                let mut e = err(
+                    "DuplicateItem",
+                    "Duplicate primary key exists in table".to_owned(),
+                );
+                if opt_str(stmt, "ReturnValuesOnConditionCheckFailure") == Some("ALL_OLD") {
+                    e["Error"]["Item"] = Value::Object(old.clone());
+                }
+                responses.push(e);
+            }
+            None => {
+                t.items.insert(key, item);
+                responses.push(json!({"TableName": name}));
+            }
+        }
+    }
+    let out = json!({"Responses": responses});
+    let out = match capacity_list(body, used) {
+        Some(c) => {
+            let mut out = out;
+            out["ConsumedCapacity"] = c;
+            out
+        }
+        None => out,
+    };
+    Ok(out)
+}
+
+/// Reads `INSERT INTO "<table>" VALUE {'a': ?, 'b': ?}` and its parameters into an item.
+fn parse_insert(stmt: &Value) -> Result<(String, Item), String> {
+    let text = opt_str(stmt, "Statement").ok_or("Statement must not be null")?;
+    let unsupported = || {
+        format!(
+            "fake-aws supports only INSERT INTO \"<table>\" VALUE {{'name': ?, ...}}; got {text:?}"
+        )
+    };
+    let rest = text.trim();
+    let rest = strip_keyword(rest, "INSERT")
+        .and_then(|r| strip_keyword(r, "INTO"))
+        .ok_or_else(unsupported)?;
+    let (name, rest) = match rest.strip_prefix('"') {
+        Some(r) => r.split_once('"').ok_or_else(unsupported)?,
+        None => rest
+            .split_once(char::is_whitespace)
+            .ok_or_else(unsupported)?,
+    };
+    let rest = strip_keyword(rest.trim_start(), "VALUE").ok_or_else(unsupported)?;
+    let inner = rest
+        .trim()
+        .strip_prefix('{')
+        .and_then(|r| r.strip_suffix('}'))
+        .ok_or_else(unsupported)?;
+    let params = stmt
+        .get("Parameters")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut item = Item::new();
+    let mut next = params.into_iter();
+    for pair in inner.split(',') {
+        let (k, val) = pair.split_once(':').ok_or_else(unsupported)?;
+        let k = k
+            .trim()
+            .strip_prefix('\'')
+            .and_then(|k| k.strip_suffix('\''))
+            .ok_or_else(unsupported)?;
+        if val.trim() != "?" {
+            return Err(unsupported());
+        }
+        let p = next
+            .next()
+            .ok_or("Number of parameters in request and statement don't match.")?;
+        item.insert(k.to_owned(), p);
+    }
+    if next.next().is_some() {
+        return Err("Number of parameters in request and statement don't match.".into());
+    }
+    Ok((name.to_owned(), item))
+}
+
+fn strip_keyword<'a>(s: &'a str, kw: &str) -> Option<&'a str> {
+    let head = s.get(..kw.len())?;
+    let rest = &s[kw.len()..];
+    (head.eq_ignore_ascii_case(kw) && rest.starts_with(char::is_whitespace))
+        .then(|| rest.trim_start())
 }
 
 fn batch_write(st: &mut DdbState, body: &Value) -> Result<Value, AwsError> {
