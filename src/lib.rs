@@ -6,7 +6,8 @@
 //! - [`top`]: the TOP client: signing, request building, response envelopes, errors and the typed
 //!   `taobao.tmc.*` / `taobao.jushita.jms.*` calls.
 //! - [`sim`]: a strict local TMC gateway (`tmc-sim`) used by tests, the demo and benchmarks.
-//! - [`relay`]: one relay pass (consume → claim → enqueue → mark → confirm) written against ports.
+//! - [`relay`]: one relay pass (consume → claim → enqueue → park → settle → confirm) written
+//!   against ports, with its dedup protocol (`relay::lease`) and flow control (`relay::flow`).
 //! - [`aws`]: the SQS and DynamoDB adapters behind the relay's ports.
 //! - [`parked`]: the operator's `parked` commands: list, show, redrive and purge parked messages.
 //! - [`config`]: environment configuration, read and validated once at start.

@@ -40,7 +40,7 @@ pub fn init() {
 /// `FunctionName` dimension.
 pub fn emf(report: &Report, function_name: &str, timestamp_ms: u64) -> Value {
     let c = &report.counts;
-    let counts: [(&str, u64); 16] = [
+    let counts: [(&str, u64); 18] = [
         ("Consumed", c.consumed),
         ("Enqueued", c.enqueued),
         ("Duplicates", c.duplicates),
@@ -53,6 +53,8 @@ pub fn emf(report: &Report, function_name: &str, timestamp_ms: u64) -> Value {
         ("EmptyPolls", c.empty_polls),
         ("HeldElsewhere", c.held_elsewhere),
         ("UnknownOutcome", c.unknown_outcome),
+        ("Unsettled", c.unsettled),
+        ("TakenOver", c.taken_over),
         ("Timeouts", report.timeouts),
         ("Throttles", report.throttles),
         (

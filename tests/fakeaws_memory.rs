@@ -129,7 +129,11 @@ fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-/// The relay's claim: no live record (absent, expired, or a claim whose lease ended).
+/// The previous version's claim condition (what a rollback would run against the table).
+const PREVIOUS_CLAIM_CONDITION: &str =
+    "attribute_not_exists(pk) OR expires_at < :now_s OR (#st = :claimed AND lease_until < :now_ms)";
+
+/// The previous version's claim: no live record (absent, expired, or a claim whose lease ended).
 async fn claim(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -148,7 +152,7 @@ async fn claim(
         .item("owner", s(owner))
         .item("lease_until", n(now_ms + 60_000))
         .item("expires_at", n(now_ms / 1000 + 86_400))
-        .condition_expression(tmc_relay::aws::dynamo::CLAIM_CONDITION)
+        .condition_expression(PREVIOUS_CLAIM_CONDITION)
         .expression_attribute_names("#st", "status")
         .expression_attribute_values(":now_s", n(now_ms / 1000))
         .expression_attribute_values(":now_ms", n(now_ms))

@@ -24,14 +24,14 @@ fn overloaded(capacity: u32, latency_ms: u64) -> OpRules {
 }
 
 /// 3,000 messages through SQS served by 2 workers at 60 ms a request and DynamoDB by 4 at
-/// 15 ms, with the defaults (32 requests allowed, pipeline depth 4). Requests in flight settle
+/// 15 ms (the claims by 4 of their own), with the defaults (32 requests allowed, pipeline depth 4). Requests in flight settle
 /// near what the endpoints serve, and the pass has 0 timeouts, 0 copies and 0 deferrals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_aws_costs_time_not_copies() {
     const N: usize = 3000;
     let rules = Rules::none()
         .with("SendMessageBatch", overloaded(2, 60))
-        .with("PutItem", overloaded(4, 15))
+        .with("BatchExecuteStatement", overloaded(4, 15))
         .with("*", overloaded(4, 15));
     let fake = FakeAws::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -110,9 +110,9 @@ async fn an_overloaded_aws_costs_time_not_copies() {
     // In flight near the capacity, far below the ceiling of 32: what the server saw.
     let stats = fake.stats();
     let sends = stats.op("SendMessageBatch");
-    let claims = stats.op("PutItem");
+    let claims = stats.op("BatchExecuteStatement");
     eprintln!(
-        "SendMessageBatch: peak {} in flight, mean {:.1} (capacity 2); PutItem: peak {}, mean {:.1} (capacity 4); flow {:?}",
+        "SendMessageBatch: peak {} in flight, mean {:.1} (capacity 2); BatchExecuteStatement (claims): peak {}, mean {:.1} (capacity 4); flow {:?}",
         sends.peak_in_flight,
         sends.mean_in_flight(),
         claims.peak_in_flight,

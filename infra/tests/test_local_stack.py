@@ -331,7 +331,7 @@ def test_role_grants_exactly_the_resources_the_function_touches(stack):
     assert grants == {
         ("SendToRelayAndParkingQueues", ("sqs:SendMessage",),
          tuple(sorted([stack.queue_attributes("RelayQueue")["QueueArn"], stack.queue_attributes("ParkingQueue")["QueueArn"]]))),
-        ("ClaimAndCompleteInDedupTable", ("dynamodb:BatchWriteItem", "dynamodb:DeleteItem", "dynamodb:PutItem"), (table_arn,)),
+        ("ClaimAndSettleInDedupTable", ("dynamodb:BatchGetItem", "dynamodb:PartiQLInsert", "dynamodb:PutItem", "dynamodb:UpdateItem"), (table_arn,)),
         ("ReadAppSecret", ("secretsmanager:GetSecretValue",), (stack.secret_arn,)),
         ("WriteOwnLogs", ("logs:CreateLogStream", "logs:PutLogEvents"),
          (f"arn:aws:logs:{REGION}:000000000000:log-group:{log_group}:log-stream:*",)),

@@ -38,6 +38,8 @@ SDK_CALL_TO_ACTION = {
     "get_item": ("dynamodb:GetItem", "dynamodb"),
     "batch_get_item": ("dynamodb:BatchGetItem", "dynamodb"),
     "batch_write_item": ("dynamodb:BatchWriteItem", "dynamodb"),
+    # A BatchExecuteStatement is authorised per statement kind; the relay's are INSERTs only.
+    "batch_execute_statement": ("dynamodb:PartiQLInsert", "dynamodb"),
     "transact_write_items": ("dynamodb:PutItem", "dynamodb"),
     "query": ("dynamodb:Query", "dynamodb"),
     "scan": ("dynamodb:Scan", "dynamodb"),

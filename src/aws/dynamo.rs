@@ -1,45 +1,232 @@
-//! The dedup table on DynamoDB.
+//! The dedup table on DynamoDB, one request per port method (see `relay::lease` for the
+//! protocol). Items, all keyed by `pk` (S):
 //!
-//! One item per message id: `pk` (S, the id), `status` (`claimed` | `done` | `parked`), `owner`,
-//! `claim_token` and `lease_until` (epoch ms) while claimed, `expires_at` (epoch s, the TTL
-//! attribute). Each method is one request; the pass paces and retries them.
-//! TTL deletes late, so every condition also treats `expires_at < now` as absent.
+//! - a claim: `pk` = the message id, `b` = the batch token, `status` = `claimed`,
+//!   `lease_until` (epoch ms: what the previous version reads, so a rollback takes claims over
+//!   once it passes) and `expires_at` (epoch s, the TTL attribute). About 60 bytes: one write
+//!   unit.
+//! - a batch record: `pk` = `b#<token>`, `lease_until`, `expires_at`; once settled, `settled`
+//!   (BOOL), `accepted` and `held` (NS, the receipt) and `hold_until`.
+//! - the previous version's items: `status` = `done` | `parked` | `claimed`, no `b`.
+//!
+//! Claims are PartiQL `INSERT`s, 25 to a `BatchExecuteStatement`, each failing on its own
+//! with `DuplicateItem` when an item exists. Some emulators do not model PartiQL writes (moto
+//! answers a parameterised `INSERT` with HTTP 500 and lets a duplicate succeed): [`probe`]
+//! finds out, and such an endpoint gets one conditional `PutItem` per claim instead.
+//!
+//! [`probe`]: DynamoStore::probe
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConsumedCapacity, PutRequest, ReturnConsumedCapacity,
-    ReturnValuesOnConditionCheckFailure, WriteRequest,
+    AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, ConsumedCapacity,
+    KeysAndAttributes, ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
 };
 use tokio::time::Instant;
 
 use super::errors::port_error;
 use super::within;
 use super::Meter;
-use crate::relay::ports::{Claim, ClaimOutcome, DedupStore, PortError, Severity, COMPLETE_CHUNK};
+use crate::relay::ports::{
+    BatchRecord, ClaimItem, DedupStore, InsertOutcome, Key, NewClaim, PortError, Settle, Severity,
+    Stored, TakeOver, INSERT_CHUNK,
+};
 
-/// The claim condition: no live record. A record is dead when expired, or when it is a claim
-/// whose lease has ended (its holder died).
-pub const CLAIM_CONDITION: &str =
-    "attribute_not_exists(pk) OR expires_at < :now_s OR (#st = :claimed AND lease_until < :now_ms)";
+/// The prefix of batch records' keys.
+pub const BATCH_PREFIX: &str = "b#";
 
 #[derive(Clone, Debug)]
 pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,
     /// The table name, validated at configuration time.
     table: String,
+    /// `INSERT INTO "<table>" VALUE {...}` with five parameters.
+    insert: String,
+    /// Claims go in batches of PartiQL `INSERT`s (true unless the probe said otherwise).
+    partiql: Arc<AtomicBool>,
     /// Requests and capacity used, for the report and the cost model.
     pub meter: Arc<Meter>,
 }
 
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn ns(v: &[u64]) -> AttributeValue {
+    AttributeValue::Ns(v.iter().map(u64::to_string).collect())
+}
+
+type Attrs = HashMap<String, AttributeValue>;
+
+fn get_s<'a>(item: &'a Attrs, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+fn get_n(item: &Attrs, name: &str) -> u64 {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn get_ns(item: &Attrs, name: &str) -> Vec<u64> {
+    item.get(name)
+        .and_then(|v| v.as_ns().ok())
+        .map(|v| v.iter().filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Reads a claim item (`None` for anything else, e.g. a batch record).
+pub fn parse_claim(item: &Attrs) -> Option<ClaimItem> {
+    let id = get_s(item, "pk")?.parse().ok()?;
+    Some(ClaimItem {
+        id,
+        batch: get_s(item, "b").map(str::to_owned),
+        legacy_status: get_s(item, "b")
+            .is_none()
+            .then(|| get_s(item, "status").map(str::to_owned))
+            .flatten(),
+        lease_until_ms: get_n(item, "lease_until"),
+        expires_at: get_n(item, "expires_at"),
+    })
+}
+
+/// Reads a batch record.
+pub fn parse_batch(item: &Attrs) -> Option<BatchRecord> {
+    let token = get_s(item, "pk")?.strip_prefix(BATCH_PREFIX)?;
+    Some(BatchRecord {
+        token: token.to_owned(),
+        lease_until_ms: get_n(item, "lease_until"),
+        expires_at: get_n(item, "expires_at"),
+        accepted: get_ns(item, "accepted"),
+        held: get_ns(item, "held"),
+        hold_until_ms: get_n(item, "hold_until"),
+        settled: item
+            .get("settled")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
+    })
+}
+
+fn claim_attrs(c: &NewClaim) -> Attrs {
+    HashMap::from([
+        ("pk".to_owned(), n_key(c.id)),
+        ("b".to_owned(), s(&c.batch)),
+        ("status".to_owned(), s("claimed")),
+        ("lease_until".to_owned(), n(c.lease_until_ms)),
+        ("expires_at".to_owned(), n(c.expires_at)),
+    ])
+}
+
+fn n_key(id: u64) -> AttributeValue {
+    s(&id.to_string())
+}
+
+fn key_value(k: &Key) -> AttributeValue {
+    match k {
+        Key::Claim(id) => n_key(*id),
+        Key::Batch(t) => s(&format!("{BATCH_PREFIX}{t}")),
+    }
+}
+
+/// What one statement's error means.
+fn statement_outcome(
+    code: Option<&BatchStatementErrorCodeEnum>,
+    message: Option<&str>,
+    item: Option<&Attrs>,
+) -> InsertOutcome {
+    use BatchStatementErrorCodeEnum as C;
+    let detail = format!(
+        "{}: {}",
+        code.map_or("unknown", |c| c.as_str()),
+        message.unwrap_or("")
+    );
+    let op = "BatchExecuteStatement";
+    match code {
+        Some(C::DuplicateItem | C::ConditionalCheckFailed) => {
+            InsertOutcome::Exists(item.and_then(parse_claim))
+        }
+        Some(C::ProvisionedThroughputExceeded | C::ThrottlingError | C::RequestLimitExceeded) => {
+            InsertOutcome::Failed(PortError::throttled(op, detail))
+        }
+        Some(C::ResourceNotFound | C::AccessDenied) => {
+            InsertOutcome::Failed(PortError::new(op, Severity::Fatal, detail))
+        }
+        Some(C::ValidationError | C::ItemCollectionSizeLimitExceeded) => {
+            InsertOutcome::Failed(PortError::new(op, Severity::Permanent, detail))
+        }
+        // InternalServerError, TransactionConflict, and codes added later: try again.
+        _ => InsertOutcome::Failed(PortError::new(op, Severity::Retryable, detail)),
+    }
+}
+
 impl DynamoStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        let table = table.into();
         Self {
             client,
-            table: table.into(),
+            insert: format!(
+                "INSERT INTO \"{table}\" VALUE {{'pk': ?, 'b': ?, 'status': ?, 'lease_until': ?, 'expires_at': ?}}"
+            ),
+            table,
+            partiql: Arc::new(AtomicBool::new(true)),
             meter: Arc::default(),
+        }
+    }
+
+    /// True while claims go in batches of PartiQL `INSERT`s.
+    pub fn batches_claims(&self) -> bool {
+        self.partiql.load(Ordering::Relaxed)
+    }
+
+    /// Finds out whether the endpoint models PartiQL `INSERT`: a probe item inserted twice
+    /// must succeed, then fail with `DuplicateItem`. If not, claims fall back to one
+    /// conditional `PutItem` each. For endpoints other than AWS's own (emulators); costs two
+    /// small writes, and the probe item expires within the hour.
+    pub async fn probe(&self, deadline: Instant) -> bool {
+        let key = format!("probe#{}", crate::relay::pass::unique_token("p"));
+        let expires = crate::top::clock::epoch_secs(std::time::SystemTime::now()) + 3600;
+        let statement = format!(
+            "INSERT INTO \"{}\" VALUE {{'pk': ?, 'expires_at': ?}}",
+            self.table
+        );
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let req = BatchStatementRequest::builder()
+                .statement(&statement)
+                .parameters(s(&key))
+                .parameters(n(expires))
+                .build();
+            let Ok(req) = req else { return false };
+            let call = self.client.batch_execute_statement().statements(req).send();
+            match within(deadline, "BatchExecuteStatement", call).await {
+                Ok(Ok(out)) => answers.push(
+                    out.responses()
+                        .first()
+                        .and_then(|r| r.error())
+                        .and_then(|e| e.code().cloned()),
+                ),
+                _ => answers.push(Some(BatchStatementErrorCodeEnum::InternalServerError)),
+            }
+        }
+        let ok = answers.first() == Some(&None)
+            && answers.get(1) == Some(&Some(BatchStatementErrorCodeEnum::DuplicateItem));
+        self.partiql.store(ok, Ordering::Relaxed);
+        ok
+    }
+
+    fn record_all(&self, ccs: &[ConsumedCapacity]) {
+        for cc in ccs {
+            self.record(Some(cc));
         }
     }
 
@@ -53,151 +240,312 @@ impl DynamoStore {
             );
         }
     }
-}
 
-fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_owned())
-}
-
-fn n(v: u64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-impl DedupStore for DynamoStore {
-    async fn claim(&self, c: Claim<'_>, deadline: Instant) -> Result<ClaimOutcome, PortError> {
-        // Only what the claim needs: a fixed, small item, whatever the message holds.
-        let item = HashMap::from([
-            ("pk".to_owned(), s(c.id)),
-            ("status".to_owned(), s("claimed")),
-            ("owner".to_owned(), s(c.owner)),
-            ("claim_token".to_owned(), s(c.token)),
-            ("lease_until".to_owned(), n(c.lease_until_ms)),
-            ("expires_at".to_owned(), n(c.expires_at)),
-        ]);
+    async fn insert_batch(
+        &self,
+        claims: &[NewClaim],
+        deadline: Instant,
+    ) -> Result<Vec<InsertOutcome>, PortError> {
+        let op = "BatchExecuteStatement";
+        let mut statements = Vec::with_capacity(claims.len());
+        for c in claims.iter().take(INSERT_CHUNK) {
+            let req = BatchStatementRequest::builder()
+                .statement(&self.insert)
+                .set_parameters(Some(vec![
+                    n_key(c.id),
+                    s(&c.batch),
+                    s("claimed"),
+                    n(c.lease_until_ms),
+                    n(c.expires_at),
+                ]))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .build()
+                .map_err(|e| PortError::new(op, Severity::Permanent, e.to_string()))?;
+            statements.push(req);
+        }
         self.meter.request();
-        let r = self
+        let call = self
+            .client
+            .batch_execute_statement()
+            .set_statements(Some(statements))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send();
+        let out = within(deadline, op, call)
+            .await?
+            .map_err(|e| port_error(op, &e))?;
+        self.record_all(out.consumed_capacity());
+        let responses = out.responses();
+        if responses.len() != claims.len() {
+            return Err(PortError::new(
+                op,
+                Severity::Retryable,
+                format!(
+                    "{} responses for {} statements",
+                    responses.len(),
+                    claims.len()
+                ),
+            ));
+        }
+        Ok(responses
+            .iter()
+            .map(|r| match r.error() {
+                None => InsertOutcome::Inserted,
+                Some(e) => statement_outcome(e.code(), e.message(), e.item()),
+            })
+            .collect())
+    }
+
+    /// One conditional `PutItem` (only if no item exists), for endpoints without PartiQL.
+    async fn insert_one(&self, c: &NewClaim, deadline: Instant) -> InsertOutcome {
+        match self
+            .put(
+                claim_attrs(c),
+                Some(("attribute_not_exists(pk)", Vec::new())),
+                deadline,
+            )
+            .await
+        {
+            Ok(None) => InsertOutcome::Inserted,
+            Ok(Some(old)) => InsertOutcome::Exists(old.as_ref().and_then(parse_claim)),
+            Err(e) => InsertOutcome::Failed(e),
+        }
+    }
+
+    /// A `PutItem`, conditional when `condition` is given. `Ok(Some(old))` when the condition
+    /// failed, with the item there (`ALL_OLD`).
+    async fn put(
+        &self,
+        item: Attrs,
+        condition: Option<(&str, Vec<(&str, AttributeValue)>)>,
+        deadline: Instant,
+    ) -> Result<Option<Option<Attrs>>, PortError> {
+        let op = "PutItem";
+        let mut req = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression(CLAIM_CONDITION)
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":now_s", n(c.now_ms / 1000))
-            .expression_attribute_values(":now_ms", n(c.now_ms))
-            .expression_attribute_values(":claimed", s("claimed"))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send();
-        let r = within(deadline, "PutItem", r).await?;
-        match r {
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        if let Some((expr, values)) = condition {
+            req = req
+                .condition_expression(expr)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            if expr.contains("#b") {
+                req = req.expression_attribute_names("#b", "b");
+            }
+            if expr.contains("#st") {
+                req = req.expression_attribute_names("#st", "status");
+            }
+            for (k, v) in values {
+                req = req.expression_attribute_values(k, v);
+            }
+        }
+        self.meter.request();
+        match within(deadline, op, req.send()).await? {
             Ok(out) => {
                 self.record(out.consumed_capacity());
-                Ok(ClaimOutcome::Claimed)
+                Ok(None)
             }
             Err(e) => {
+                use aws_sdk_dynamodb::operation::put_item::PutItemError;
                 if let Some(PutItemError::ConditionalCheckFailedException(cf)) =
                     e.as_service_error()
                 {
                     // A failed conditional write still consumes a write unit.
                     self.meter.capacity(1.0, 0.0);
-                    let old = |name: &str| {
-                        cf.item()
-                            .and_then(|i| i.get(name))
-                            .and_then(|v| v.as_s().ok())
-                            .map(String::as_str)
-                    };
-                    // Our own earlier attempt, whose answer was lost.
-                    if old("claim_token") == Some(c.token) {
-                        return Ok(ClaimOutcome::Claimed);
-                    }
-                    return Ok(match old("status") {
-                        Some("done") => ClaimOutcome::AlreadyDone { parked: false },
-                        Some("parked") => ClaimOutcome::AlreadyDone { parked: true },
-                        _ => ClaimOutcome::HeldElsewhere,
-                    });
+                    return Ok(Some(cf.item().cloned()));
                 }
-                Err(port_error("PutItem", &e))
+                Err(port_error(op, &e))
             }
         }
     }
+}
 
-    async fn complete(
-        &self,
-        ids: &[(String, bool)],
-        expires_at: u64,
-        deadline: Instant,
-    ) -> Result<Vec<String>, PortError> {
-        let mut requests: Vec<WriteRequest> = Vec::with_capacity(ids.len());
-        for (id, parked) in ids.iter().take(COMPLETE_CHUNK) {
-            let put = PutRequest::builder()
-                .item("pk", s(id))
-                .item("status", s(if *parked { "parked" } else { "done" }))
-                .item("expires_at", n(expires_at))
-                .build()
-                .map_err(|e| {
-                    PortError::new("BatchWriteItem", Severity::Permanent, e.to_string())
-                })?;
-            requests.push(WriteRequest::builder().put_request(put).build());
+impl DedupStore for DynamoStore {
+    fn insert_chunk(&self) -> usize {
+        if self.batches_claims() {
+            INSERT_CHUNK
+        } else {
+            1
         }
+    }
+
+    fn insert_operation(&self) -> &'static str {
+        if self.batches_claims() {
+            "BatchExecuteStatement"
+        } else {
+            "PutItem"
+        }
+    }
+
+    async fn insert_claims(
+        &self,
+        claims: &[NewClaim],
+        deadline: Instant,
+    ) -> Result<Vec<InsertOutcome>, PortError> {
+        if self.batches_claims() {
+            return self.insert_batch(claims, deadline).await;
+        }
+        let mut out = Vec::with_capacity(claims.len());
+        for c in claims {
+            out.push(self.insert_one(c, deadline).await);
+        }
+        Ok(out)
+    }
+
+    async fn read(
+        &self,
+        keys: &[Key],
+        deadline: Instant,
+    ) -> Result<(Vec<Stored>, Vec<Key>), PortError> {
+        let op = "BatchGetItem";
+        let mut ka = KeysAndAttributes::builder().consistent_read(true);
+        for k in keys {
+            ka = ka.keys(HashMap::from([("pk".to_owned(), key_value(k))]));
+        }
+        let ka = ka
+            .build()
+            .map_err(|e| PortError::new(op, Severity::Permanent, e.to_string()))?;
         self.meter.request();
         let call = self
             .client
-            .batch_write_item()
-            .request_items(&self.table, requests)
+            .batch_get_item()
+            .request_items(&self.table, ka)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send();
-        let out = within(deadline, "BatchWriteItem", call)
+        let out = within(deadline, op, call)
             .await?
-            .map_err(|e| port_error("BatchWriteItem", &e))?;
-        for cc in out.consumed_capacity() {
-            self.record(Some(cc));
-        }
-        Ok(out
-            .unprocessed_items()
-            .and_then(|u| u.get(&self.table))
-            .map(|reqs| {
-                reqs.iter()
-                    .filter_map(|w| {
-                        w.put_request()
-                            .and_then(|p| p.item().get("pk"))
-                            .and_then(|v| v.as_s().ok())
-                            .cloned()
+            .map_err(|e| port_error(op, &e))?;
+        self.record_all(out.consumed_capacity());
+        let found = out
+            .responses()
+            .and_then(|r| r.get(&self.table))
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| {
+                        parse_batch(i)
+                            .map(Stored::Batch)
+                            .or_else(|| parse_claim(i).map(Stored::Claim))
                     })
                     .collect()
             })
-            .unwrap_or_default())
+            .unwrap_or_default();
+        let left = out
+            .unprocessed_keys()
+            .and_then(|u| u.get(&self.table))
+            .map(|ka| {
+                ka.keys()
+                    .iter()
+                    .filter_map(|k| {
+                        let pk = k.get("pk")?.as_s().ok()?;
+                        Some(match pk.strip_prefix(BATCH_PREFIX) {
+                            Some(t) => Key::Batch(t.to_owned()),
+                            None => Key::Claim(pk.parse().ok()?),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((found, left))
     }
 
-    async fn release(&self, id: &str, token: &str, deadline: Instant) -> Result<(), PortError> {
+    async fn take_over(
+        &self,
+        new: &NewClaim,
+        old: &ClaimItem,
+        deadline: Instant,
+    ) -> Result<TakeOver, PortError> {
+        // Conditioned on the old item: its batch token, or for the previous version's items
+        // their exact status and expiry.
+        let condition = match &old.batch {
+            Some(b) => ("#b = :ob", vec![(":ob", s(b))]),
+            None => (
+                "attribute_not_exists(#b) AND #st = :ost AND expires_at = :oexp",
+                vec![
+                    (":ost", s(old.legacy_status.as_deref().unwrap_or("claimed"))),
+                    (":oexp", n(old.expires_at)),
+                ],
+            ),
+        };
+        Ok(
+            match self
+                .put(claim_attrs(new), Some(condition), deadline)
+                .await?
+            {
+                None => TakeOver::Taken,
+                Some(now) => TakeOver::Changed(now.as_ref().and_then(parse_claim)),
+            },
+        )
+    }
+
+    async fn put_batch(&self, record: &BatchRecord, deadline: Instant) -> Result<(), PortError> {
+        let item = HashMap::from([
+            (
+                "pk".to_owned(),
+                key_value(&Key::Batch(record.token.clone())),
+            ),
+            ("lease_until".to_owned(), n(record.lease_until_ms)),
+            ("expires_at".to_owned(), n(record.expires_at)),
+        ]);
+        self.put(item, None, deadline).await.map(|_| ())
+    }
+
+    async fn renew_batch(
+        &self,
+        token: &str,
+        lease_until_ms: u64,
+        deadline: Instant,
+    ) -> Result<(), PortError> {
+        let op = "UpdateItem";
         self.meter.request();
-        // Conditioned on this claim's token, not on the pass: a retried delete must never
-        // remove a fresh claim of the same id that a sibling batch made since.
         let call = self
             .client
-            .delete_item()
+            .update_item()
             .table_name(&self.table)
-            .key("pk", s(id))
-            .condition_expression("#tk = :mine AND #st = :claimed")
-            .expression_attribute_names("#tk", "claim_token")
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":mine", s(token))
-            .expression_attribute_values(":claimed", s("claimed"))
+            .key("pk", key_value(&Key::Batch(token.to_owned())))
+            .update_expression("SET lease_until = :l")
+            // Never over a receipt (a renewal still on the wire when the batch settled), and
+            // never creating a record without its TTL.
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(settled)")
+            .expression_attribute_values(":l", n(lease_until_ms))
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send();
-        let r = within(deadline, "DeleteItem", call).await?;
-        match r {
+        match within(deadline, op, call).await? {
             Ok(out) => {
                 self.record(out.consumed_capacity());
                 Ok(())
             }
-            // Not ours any more (taken over, or completed): nothing to release.
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
             {
+                self.meter.capacity(1.0, 0.0);
                 Ok(())
             }
-            Err(e) => Err(port_error("DeleteItem", &e)),
+            Err(e) => Err(port_error(op, &e)),
         }
+    }
+
+    async fn settle_batch(&self, st: &Settle, deadline: Instant) -> Result<(), PortError> {
+        let mut item = HashMap::from([
+            ("pk".to_owned(), key_value(&Key::Batch(st.token.clone()))),
+            ("lease_until".to_owned(), n(st.lease_until_ms)),
+            ("expires_at".to_owned(), n(st.expires_at)),
+            ("settled".to_owned(), AttributeValue::Bool(true)),
+            ("hold_until".to_owned(), n(st.hold_until_ms)),
+        ]);
+        // A number set cannot be empty.
+        if !st.accepted.is_empty() {
+            item.insert("accepted".to_owned(), ns(&st.accepted));
+        }
+        if !st.held.is_empty() {
+            item.insert("held".to_owned(), ns(&st.held));
+        }
+        self.put(item, None, deadline).await.map(|_| ())
     }
 }

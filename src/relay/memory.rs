@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::ports::{
-    Claim, ClaimOutcome, DedupStore, EntryOutcome, Outgoing, PortError, Queue, Tmc,
+    BatchRecord, ClaimItem, DedupStore, EntryOutcome, InsertOutcome, Key, NewClaim, Outgoing,
+    PortError, Queue, Settle, Stored, TakeOver, Tmc, INSERT_CHUNK,
 };
 use crate::top::api::ConfirmChunk;
 use crate::top::{TmcMessage, TopError};
@@ -204,25 +207,27 @@ impl Queue for MemoryQueue {
     }
 }
 
-/// One dedup record.
+/// One item of the dedup table.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Record {
-    pub status: &'static str,
-    pub owner: String,
-    /// The claim's token (empty for done records).
-    pub token: String,
-    pub lease_until_ms: u64,
-    pub expires_at: u64,
+pub enum Item {
+    Claim(ClaimItem),
+    Batch(BatchRecord),
 }
 
 /// The dedup table in memory, with the same conditions as the DynamoDB adapter.
 #[derive(Default)]
 pub struct MemoryStore {
-    pub records: Mutex<HashMap<String, Record>>,
-    /// Claims fail with this error (e.g. throttling, missing table).
-    pub fail_claims: Mutex<Option<PortError>>,
-    /// Claims released so far.
-    pub releases: Mutex<u32>,
+    /// Claims by id, batch records by token.
+    pub claims: Mutex<HashMap<u64, ClaimItem>>,
+    pub batches: Mutex<HashMap<String, BatchRecord>>,
+    /// Requests of this kind fail with this error: `insert`, `read`, `take_over`,
+    /// `put_batch`, `renew` or `settle`.
+    pub failures: Mutex<HashMap<&'static str, PortError>>,
+    /// Requests made, by kind.
+    pub requests: Mutex<HashMap<&'static str, u32>>,
+    /// Hand the existing item back with a failed insert (DynamoDB's `ALL_OLD`); when false,
+    /// only say it exists (as ministack does).
+    pub return_old: bool,
     /// How long each request takes to answer once a worker serves it.
     pub latency: Mutex<Duration>,
     /// When set, this many requests are served at once; the rest wait.
@@ -230,83 +235,181 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    pub fn status(&self, id: &str) -> Option<&'static str> {
-        lock(&self.records).get(id).map(|r| r.status)
+    /// A store that hands old items back with failed inserts.
+    pub fn new() -> Self {
+        Self {
+            return_old: true,
+            ..Self::default()
+        }
     }
 
-    fn claim_now(&self, c: &Claim<'_>) -> ClaimOutcome {
-        let mut records = lock(&self.records);
-        if let Some(r) = records.get(c.id) {
-            if r.token == c.token {
-                return ClaimOutcome::Claimed;
-            }
-            let expired = r.expires_at * 1000 < c.now_ms;
-            if !expired {
-                match r.status {
-                    "done" => return ClaimOutcome::AlreadyDone { parked: false },
-                    "parked" => return ClaimOutcome::AlreadyDone { parked: true },
-                    _ if r.lease_until_ms >= c.now_ms => return ClaimOutcome::HeldElsewhere,
-                    _ => {}
-                }
-            }
-        }
-        records.insert(
-            c.id.to_owned(),
-            Record {
-                status: "claimed",
-                owner: c.owner.to_owned(),
-                token: c.token.to_owned(),
-                lease_until_ms: c.lease_until_ms,
-                expires_at: c.expires_at,
+    /// What the table says of an id, as an operator would read it: `done` (in a receipt, or
+    /// a previous version's done/parked item), `claimed` (a live batch's), `free` (its batch
+    /// let it go or died), or `None` (no item).
+    pub fn status(&self, id: u64) -> Option<&'static str> {
+        let item = lock(&self.claims).get(&id).cloned()?;
+        let Some(b) = item.batch.as_deref() else {
+            return Some(match item.legacy_status.as_deref() {
+                Some("done" | "parked") => "done",
+                _ => "claimed",
+            });
+        };
+        let batches = lock(&self.batches);
+        let Some(r) = batches.get(b) else {
+            return Some("free");
+        };
+        Some(if r.accepted.contains(&id) {
+            "done"
+        } else if !r.settled || r.held.contains(&id) {
+            "claimed"
+        } else {
+            "free"
+        })
+    }
+
+    /// Writes a previous version's item.
+    pub fn put_legacy(&self, id: u64, status: &str, lease_until_ms: u64, expires_at: u64) {
+        lock(&self.claims).insert(
+            id,
+            ClaimItem {
+                id,
+                batch: None,
+                legacy_status: Some(status.to_owned()),
+                lease_until_ms,
+                expires_at,
             },
         );
-        ClaimOutcome::Claimed
+    }
+
+    async fn request(&self, kind: &'static str) -> Result<Option<OwnedSemaphorePermit>, PortError> {
+        *lock(&self.requests).entry(kind).or_default() += 1;
+        let worker = serve(&self.workers).await;
+        match lock(&self.failures).get(kind) {
+            Some(e) => Err(e.clone()),
+            None => Ok(worker),
+        }
+    }
+
+    pub fn requests_of(&self, kind: &str) -> u32 {
+        lock(&self.requests).get(kind).copied().unwrap_or(0)
+    }
+}
+
+fn claim_item(c: &NewClaim) -> ClaimItem {
+    ClaimItem {
+        id: c.id,
+        batch: Some(c.batch.clone()),
+        legacy_status: None,
+        lease_until_ms: c.lease_until_ms,
+        expires_at: c.expires_at,
     }
 }
 
 impl DedupStore for MemoryStore {
-    async fn claim(&self, c: Claim<'_>, _deadline: Instant) -> Result<ClaimOutcome, PortError> {
-        let _worker = serve(&self.workers).await;
-        if let Some(e) = lock(&self.fail_claims).clone() {
-            return Err(e);
-        }
-        let outcome = self.claim_now(&c);
-        answer_after(&self.latency).await;
-        Ok(outcome)
-    }
-
-    async fn complete(
+    async fn insert_claims(
         &self,
-        ids: &[(String, bool)],
-        expires_at: u64,
+        claims: &[NewClaim],
         _deadline: Instant,
-    ) -> Result<Vec<String>, PortError> {
-        let _worker = serve(&self.workers).await;
-        let mut records = lock(&self.records);
-        for (id, parked) in ids {
-            records.insert(
-                id.clone(),
-                Record {
-                    status: if *parked { "parked" } else { "done" },
-                    owner: String::new(),
-                    token: String::new(),
-                    lease_until_ms: 0,
-                    expires_at,
-                },
-            );
-        }
-        Ok(Vec::new())
+    ) -> Result<Vec<InsertOutcome>, PortError> {
+        let _worker = self.request("insert").await?;
+        assert!(
+            claims.len() <= INSERT_CHUNK,
+            "more than 25 statements in one batch"
+        );
+        let out = {
+            let mut items = lock(&self.claims);
+            claims
+                .iter()
+                .map(|c| match items.get(&c.id) {
+                    // An expired item still blocks an INSERT until TTL deletes it.
+                    Some(old) => InsertOutcome::Exists(self.return_old.then(|| old.clone())),
+                    None => {
+                        items.insert(c.id, claim_item(c));
+                        InsertOutcome::Inserted
+                    }
+                })
+                .collect()
+        };
+        answer_after(&self.latency).await;
+        Ok(out)
     }
 
-    async fn release(&self, id: &str, token: &str, _deadline: Instant) -> Result<(), PortError> {
-        *lock(&self.releases) += 1;
-        let mut records = lock(&self.records);
-        if records
-            .get(id)
-            .is_some_and(|r| r.status == "claimed" && r.token == token)
-        {
-            records.remove(id);
+    async fn read(
+        &self,
+        keys: &[Key],
+        _deadline: Instant,
+    ) -> Result<(Vec<Stored>, Vec<Key>), PortError> {
+        let _worker = self.request("read").await?;
+        let found = keys
+            .iter()
+            .filter_map(|k| match k {
+                Key::Claim(id) => lock(&self.claims).get(id).cloned().map(Stored::Claim),
+                Key::Batch(t) => lock(&self.batches).get(t).cloned().map(Stored::Batch),
+            })
+            .collect();
+        answer_after(&self.latency).await;
+        Ok((found, Vec::new()))
+    }
+
+    async fn take_over(
+        &self,
+        new: &NewClaim,
+        old: &ClaimItem,
+        _deadline: Instant,
+    ) -> Result<TakeOver, PortError> {
+        let _worker = self.request("take_over").await?;
+        let out = {
+            let mut items = lock(&self.claims);
+            match items.get(&new.id) {
+                Some(now) if now == old => {
+                    items.insert(new.id, claim_item(new));
+                    TakeOver::Taken
+                }
+                other => TakeOver::Changed(other.cloned()),
+            }
+        };
+        answer_after(&self.latency).await;
+        Ok(out)
+    }
+
+    async fn put_batch(&self, record: &BatchRecord, _deadline: Instant) -> Result<(), PortError> {
+        let _worker = self.request("put_batch").await?;
+        lock(&self.batches).insert(record.token.clone(), record.clone());
+        answer_after(&self.latency).await;
+        Ok(())
+    }
+
+    async fn renew_batch(
+        &self,
+        token: &str,
+        lease_until_ms: u64,
+        _deadline: Instant,
+    ) -> Result<(), PortError> {
+        let _worker = self.request("renew").await?;
+        if let Some(r) = lock(&self.batches).get_mut(token) {
+            if !r.settled {
+                r.lease_until_ms = lease_until_ms;
+            }
         }
+        answer_after(&self.latency).await;
+        Ok(())
+    }
+
+    async fn settle_batch(&self, s: &Settle, _deadline: Instant) -> Result<(), PortError> {
+        let _worker = self.request("settle").await?;
+        lock(&self.batches).insert(
+            s.token.clone(),
+            BatchRecord {
+                token: s.token.clone(),
+                lease_until_ms: s.lease_until_ms,
+                expires_at: s.expires_at,
+                accepted: s.accepted.clone(),
+                held: s.held.clone(),
+                hold_until_ms: s.hold_until_ms,
+                settled: true,
+            },
+        );
+        answer_after(&self.latency).await;
         Ok(())
     }
 }

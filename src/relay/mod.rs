@@ -3,8 +3,10 @@
 //! - `ports`: the traits for TMC, queues and the dedup table, and their error type.
 //! - `body`: the SQS message body, attributes, parking records and batch packing (pure).
 //! - `biz_key`: the business key (`trade_<tid>`, ...) read from a message's content (pure).
-//! - `pass`: the orchestrator: loops, and a batch's verbs (claim, enqueue, park, record,
+//! - `pass`: the orchestrator: loops, and a batch's verbs (claim, enqueue, park, settle,
 //!   confirm).
+//! - `lease`: the dedup protocol over the `DedupStore` port: per-batch leases with a
+//!   heartbeat, receipts, batched claims and takeovers, with its crash-point tests.
 //! - `send`: the SQS stage: per-entry retries, and what an entry's outcome was.
 //! - `flow`: flow control: adaptive concurrency limits and attempt timeouts per AWS service.
 //! - `report`: the JSON report.
@@ -13,6 +15,7 @@
 pub mod biz_key;
 pub mod body;
 pub mod flow;
+pub mod lease;
 pub mod memory;
 pub mod pass;
 pub mod ports;

@@ -6,19 +6,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use futures::stream::{self, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::body::{parking_entry, relay_entry, Defect, FifoGroupBy};
 use super::flow::Flow;
-use super::ports::{
-    Claim, ClaimOutcome, DedupStore, Outgoing, PortError, Queue, Severity, Tmc, COMPLETE_CHUNK,
-};
+use super::lease::{BatchLease, Clock, LeasePolicy, Leases};
+use super::ports::{DedupStore, Outgoing, PortError, Queue, Severity, Tmc};
 use super::report::{Counts, GroupReport, Report, StopReason};
-use super::send::{backoff, send_all, SendPolicy, Sent};
-use crate::top::clock::{epoch_millis, epoch_secs, parse_wire_time};
+use super::send::{send_all, SendPolicy, Sent};
+use crate::top::clock::{epoch_millis, parse_wire_time};
 use crate::top::{ErrorClass, TmcMessage, TopError};
 
 /// `drain` stops at the first empty poll; `follow` keeps polling until the budget ends.
@@ -48,9 +46,13 @@ pub struct RelaySettings {
     pub retention: Duration,
     /// FIFO message grouping (used only when the relay queue is FIFO).
     pub fifo_group_by: FifoGroupBy,
-    /// Added to the pass deadline to form a claim's lease, so a claim outlives its holder's
-    /// last call but frees itself soon after the holder is certainly gone.
-    pub claim_grace: Duration,
+    /// A batch's lease is three times the slowest batch so far, within these bounds, and a
+    /// heartbeat renews it while the batch works: a batch that dies frees its messages within
+    /// one lease, whatever the pass's budget.
+    pub lease_floor: Duration,
+    pub lease_ceiling: Duration,
+    /// The wall clock leases are read against (manual in tests).
+    pub clock: Clock,
     /// Attempts per request for retryable failures (SQS entries, claims, records).
     pub max_send_attempts: u32,
     /// The most DynamoDB or SQS requests in flight (`RELAY_PARALLELISM`): the ceiling of the
@@ -70,7 +72,9 @@ impl Default for RelaySettings {
         Self {
             retention: Duration::from_secs(7 * 24 * 3600),
             fifo_group_by: FifoGroupBy::default(),
-            claim_grace: Duration::from_secs(10),
+            lease_floor: LeasePolicy::default().floor,
+            lease_ceiling: LeasePolicy::default().ceiling,
+            clock: Clock::system(),
             max_send_attempts: 4,
             parallelism: 32,
             // Claims, SQS and the completion record take three to four consume round trips:
@@ -123,12 +127,9 @@ pub struct Progress {
 /// State shared by every loop of a pass.
 struct PassShared {
     opts: PassOptions,
-    owner: String,
     /// Set on the first fatal error: every loop stops consuming.
     fatal: AtomicBool,
     fatal_error: Mutex<Option<String>>,
-    /// Wall-clock deadline, for claim leases.
-    wall_deadline: SystemTime,
     oldest_pub_ms: AtomicU64,
     latency_total_ms: AtomicU64,
     latency_batches: AtomicU64,
@@ -225,16 +226,11 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         progress: Arc<Progress>,
     ) -> Report {
         let started = Instant::now();
-        let remaining = opts.deadline.saturating_duration_since(started);
         self.flow.reset_peaks();
         let flow_before = self.flow.report();
         let shared = Arc::new(PassShared {
-            owner: unique_token("pass"),
             fatal: AtomicBool::new(false),
             fatal_error: Mutex::new(None),
-            wall_deadline: SystemTime::now()
-                .checked_add(remaining)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
             oldest_pub_ms: AtomicU64::new(u64::MAX),
             latency_total_ms: AtomicU64::new(0),
             latency_batches: AtomicU64::new(0),
@@ -444,6 +440,9 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             let places = Places {
                 batch: permit,
                 confirms: Arc::clone(&confirms),
+                lease: self
+                    .lease_policy()
+                    .lease_for(Duration::from_millis(slowest.load(Ordering::Relaxed))),
             };
             let work = async move {
                 let counts = relay.process_batch(&shared2, &g2.name, msgs, places).await;
@@ -523,8 +522,19 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         }
     }
 
+    fn lease_policy(&self) -> LeasePolicy {
+        let st = &self.settings;
+        LeasePolicy {
+            floor: st.lease_floor,
+            ceiling: st.lease_ceiling,
+            max_attempts: st.max_send_attempts,
+            retention: st.retention,
+            parallelism: st.parallelism,
+        }
+    }
+
     /// One consumed batch through its verbs. Confirms only ids that are in SQS (now or from an
-    /// earlier delivery) or parked.
+    /// earlier delivery) or parked, and only once the batch's receipt says so.
     async fn process_batch(
         &self,
         shared: &PassShared,
@@ -535,32 +545,52 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         let group = display_group(group_name);
         let mut counts = Counts::default();
         note_oldest(shared, &msgs);
+        let policy = self.lease_policy();
+        let leases = Leases {
+            store: &self.store,
+            limiter: &self.flow.dynamodb,
+            policy: &policy,
+            clock: &self.settings.clock,
+        };
+        let deadline = shared.opts.deadline;
 
         let triage = self.triage(group, msgs, &mut counts);
-        let claims = self.claim(shared, group, triage.valid, &mut counts).await;
-        let mut confirm_ids = claims.already_done;
-        let enqueued = self
-            .enqueue(shared, group, claims.to_send, &mut counts)
-            .await;
-        let mut to_park = claims.to_park;
-        to_park.extend(enqueued.rejected);
-        let parked = self
-            .park(shared, group, to_park, triage.invalid, &mut counts)
-            .await;
-
-        let mut release = enqueued.failed;
-        release.extend(parked.failed);
-        self.release(release, shared.opts.deadline).await;
-        let mut done: Vec<(String, bool)> = Vec::new();
-        for m in enqueued.accepted {
-            confirm_ids.push(m.id);
-            done.push((m.id.to_string(), false));
+        let mut confirm_ids = Vec::new();
+        match leases
+            .begin(unique_token("b"), places.lease, deadline)
+            .await
+        {
+            Ok(lease) => {
+                // The heartbeat keeps the lease while the batch works, and stops with it.
+                let work = self.claim_and_send(shared, group, &leases, &lease, triage, &mut counts);
+                let sent = tokio::select! {
+                    sent = work => sent,
+                    () = leases.heartbeat(&lease, deadline) => unreachable!("the heartbeat only stops when dropped"),
+                };
+                confirm_ids = sent.already_done;
+                self.settle(
+                    shared,
+                    group,
+                    &leases,
+                    &lease,
+                    sent.accepted,
+                    sent.held,
+                    &mut counts,
+                    &mut confirm_ids,
+                )
+                .await;
+            }
+            Err(e) => {
+                shared.note_port_error(&e);
+                tracing::warn!(group, error = %e, "could not write the batch's lease: leaving it for redelivery");
+                counts.deferred += triage.valid.len() as u64;
+                if e.maybe_applied {
+                    counts.unknown_outcome += triage.valid.len() as u64;
+                }
+                self.park(shared, group, Vec::new(), triage.invalid, &mut counts)
+                    .await;
+            }
         }
-        for m in parked.accepted {
-            confirm_ids.push(m.id);
-            done.push((m.id.to_string(), true));
-        }
-        self.record(shared, group, done).await;
         shared
             .progress
             .enqueued
@@ -579,12 +609,74 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             parked = counts.parked,
             deferred = counts.deferred,
             unknown_outcome = counts.unknown_outcome,
+            unsettled = counts.unsettled,
             invalid = counts.invalid,
             confirmed = counts.confirmed,
             confirm_failed = counts.confirm_failed,
             "batch done"
         );
         counts
+    }
+
+    /// Claim, enqueue, park: what the batch's receipt will say.
+    async fn claim_and_send(
+        &self,
+        shared: &PassShared,
+        group: &str,
+        leases: &Leases<'_, D>,
+        lease: &BatchLease,
+        triage: Triage,
+        counts: &mut Counts,
+    ) -> SentBatch {
+        let claims = self
+            .claim(shared, group, leases, lease, triage.valid, counts)
+            .await;
+        let enqueued = self.enqueue(shared, group, claims.to_send, counts).await;
+        let mut to_park = claims.to_park;
+        to_park.extend(enqueued.rejected);
+        let parked = self
+            .park(shared, group, to_park, triage.invalid, counts)
+            .await;
+        let mut held = enqueued.unknown;
+        held.extend(parked.unknown);
+        SentBatch {
+            already_done: claims.already_done,
+            accepted: enqueued
+                .accepted
+                .into_iter()
+                .chain(parked.accepted)
+                .collect(),
+            held,
+        }
+    }
+
+    /// Writes the receipt. Only then are the accepted ids confirmable: until it is written a
+    /// redelivery could not tell they are in SQS, so if it cannot be, none is confirmed and
+    /// their redelivery is at worst a copy.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        shared: &PassShared,
+        group: &str,
+        leases: &Leases<'_, D>,
+        lease: &BatchLease,
+        accepted: Vec<u64>,
+        held: Vec<u64>,
+        counts: &mut Counts,
+        confirm_ids: &mut Vec<u64>,
+    ) {
+        let n = accepted.len() as u64;
+        match leases
+            .settle(lease, accepted.clone(), held, shared.opts.deadline)
+            .await
+        {
+            Ok(()) => confirm_ids.extend(accepted),
+            Err(e) => {
+                shared.note_port_error(&e);
+                tracing::warn!(group, count = n, error = %e, "could not write the batch's receipt: leaving its messages unconfirmed (a redelivery may be a copy)");
+                counts.unsettled += n;
+            }
+        }
     }
 
     /// Sorts a batch: messages without a usable id (never confirmable), repeats within the
@@ -609,96 +701,51 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                 continue;
             }
             let entry = relay_entry(&m, group, fifo, max_bytes);
-            t.valid.push(Valid {
-                id,
-                msg: m,
-                entry,
-                token: unique_token("c"),
-            });
+            t.valid.push(Valid { id, msg: m, entry });
         }
         counts.invalid = t.invalid.len() as u64;
         t
     }
 
-    /// Claims every valid message (conditional writes within the DynamoDB limit). What is ours
-    /// goes on to be sent or parked; what is done already is confirmed; what another pass
-    /// holds is left to it; what could not be claimed is deferred.
+    /// Claims every valid message for the batch. What is ours goes on to be sent or parked;
+    /// what is done already is confirmed; what a live batch holds is left to it; what could not
+    /// be claimed is deferred.
     async fn claim(
         &self,
         shared: &PassShared,
         group: &str,
+        leases: &Leases<'_, D>,
+        lease: &BatchLease,
         valid: Vec<Valid>,
         counts: &mut Counts,
     ) -> Claims {
-        let deadline = shared.opts.deadline;
-        let now = SystemTime::now();
-        let lease_until_ms = epoch_millis(
-            shared
-                .wall_deadline
-                .checked_add(self.settings.claim_grace)
-                .unwrap_or(shared.wall_deadline),
-        );
-        let expires_at = epoch_secs(now.checked_add(self.settings.retention).unwrap_or(now));
-        let now_ms = epoch_millis(now);
-        let owner = shared.owner.as_str();
-        let outcomes = stream::iter(valid.into_iter().map(|v| async move {
-            let id = v.id.to_string();
-            let claim = Claim {
-                id: &id,
-                owner,
-                token: &v.token,
-                lease_until_ms,
-                now_ms,
-                expires_at,
-            };
-            let r = self
-                .with_retries(deadline, || {
-                    self.flow
-                        .dynamodb
-                        .call("PutItem", deadline, |d| self.store.claim(claim.clone(), d))
-                })
-                .await;
-            (v, r)
-        }))
-        // Unordered: a slow answer must not hold up the next claims behind it.
-        .buffer_unordered(self.settings.parallelism.max(1))
-        .collect::<Vec<_>>()
-        .await;
-
-        let mut c = Claims::default();
-        for (v, outcome) in outcomes {
-            let Valid {
-                id,
-                msg,
-                entry,
-                token,
-            } = v;
-            match outcome {
-                Ok(ClaimOutcome::Claimed) => {
-                    let mine = Mine { id, msg, token };
-                    match entry {
-                        Ok(e) => c.to_send.push((mine, e)),
-                        Err(d) => c.to_park.push((mine, d)),
-                    }
-                }
-                Ok(ClaimOutcome::AlreadyDone { .. }) => {
-                    tracing::debug!(group, id, "already enqueued: confirming without enqueueing");
-                    counts.duplicates += 1;
-                    c.already_done.push(id);
-                }
-                Ok(ClaimOutcome::HeldElsewhere) => {
-                    tracing::debug!(group, id, "claimed by another live pass");
-                    counts.held_elsewhere += 1;
-                }
-                Err(e) => {
-                    shared.note_port_error(&e);
-                    tracing::warn!(group, id, error = %e, "claim failed: leaving the message for redelivery");
-                    counts.deferred += 1;
-                    if e.maybe_applied {
-                        // The claim may stand: it frees itself when its lease ends.
-                        counts.unknown_outcome += 1;
-                    }
-                }
+        let ids: Vec<u64> = valid.iter().map(|v| v.id).collect();
+        let decided = leases.claim(lease, &ids, shared.opts.deadline).await;
+        counts.duplicates += decided.done.len() as u64;
+        counts.held_elsewhere += decided.held.len() as u64;
+        counts.taken_over += decided.taken_over;
+        for (id, e) in &decided.failed {
+            shared.note_port_error(e);
+            tracing::warn!(group, id, error = %e, "claim failed: leaving the message for redelivery");
+            counts.deferred += 1;
+            if e.maybe_applied {
+                // The claim may stand: it frees itself when the batch's lease ends.
+                counts.unknown_outcome += 1;
+            }
+        }
+        let mine: HashSet<u64> = decided.mine.into_iter().collect();
+        let mut c = Claims {
+            already_done: decided.done,
+            ..Claims::default()
+        };
+        for Valid { id, msg, entry } in valid {
+            if !mine.contains(&id) {
+                continue;
+            }
+            let m = Mine { id, msg };
+            match entry {
+                Ok(e) => c.to_send.push((m, e)),
+                Err(d) => c.to_park.push((m, d)),
             }
         }
         c
@@ -726,7 +773,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             match sent {
                 Sent::Accepted => {
                     counts.enqueued += 1;
-                    out.accepted.push(m);
+                    out.accepted.push(m.id);
                 }
                 Sent::Rejected(reason) => out.rejected.push((
                     m,
@@ -740,22 +787,22 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                         group,
                         id,
                         reason,
-                        "enqueue failed: releasing the claim for redelivery"
+                        "enqueue failed: the receipt lets the redelivery take the claim over"
                     );
                     counts.deferred += 1;
-                    out.failed.push(m);
                 }
                 Sent::Unknown(reason) => {
-                    // SQS may hold it: keep the claim, so a redelivery within its lease is not
-                    // enqueued again; after the lease a redelivery takes the claim over.
+                    // SQS may hold it: the receipt holds the claim for one more lease, so a
+                    // redelivery soon after is not enqueued again; after that it is taken over.
                     tracing::warn!(
                         group,
                         id,
                         reason,
-                        "enqueue outcome unknown: keeping the claim until its lease ends"
+                        "enqueue outcome unknown: holding the claim for one more lease"
                     );
                     counts.deferred += 1;
                     counts.unknown_outcome += 1;
+                    out.unknown.push(m.id);
                 }
             }
         }
@@ -800,7 +847,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             match sent {
                 Sent::Accepted => {
                     counts.parked += 1;
-                    out.accepted.push(m);
+                    out.accepted.push(m.id);
                 }
                 Sent::Rejected(reason) | Sent::Failed(reason) => {
                     tracing::error!(
@@ -810,17 +857,17 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                         "parking failed: leaving the message for redelivery"
                     );
                     counts.deferred += 1;
-                    out.failed.push(m);
                 }
                 Sent::Unknown(reason) => {
                     tracing::error!(
                         group,
                         id,
                         reason,
-                        "parking outcome unknown: keeping the claim until its lease ends"
+                        "parking outcome unknown: holding the claim for one more lease"
                     );
                     counts.deferred += 1;
                     counts.unknown_outcome += 1;
+                    out.unknown.push(m.id);
                 }
             }
         }
@@ -850,83 +897,6 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             |e| shared.note_port_error(e),
         )
         .await
-    }
-
-    /// Gives up the claims of messages that failed for sure, concurrently and for a few
-    /// seconds at most: a release that cannot happen in time is replaced by the claim's lease
-    /// running out. Each release names its claim's token, so it never removes a fresh claim
-    /// of the same id.
-    async fn release(&self, failed: Vec<Mine>, deadline: Instant) {
-        if failed.is_empty() {
-            return;
-        }
-        let until = Instant::now()
-            .checked_add(Duration::from_secs(3))
-            .map_or(deadline, |t| t.min(deadline));
-        stream::iter(failed)
-            .for_each_concurrent(self.settings.parallelism.max(1), |m| async move {
-                let id = m.id.to_string();
-                let r = self
-                    .flow
-                    .dynamodb
-                    .call("DeleteItem", until, |d| self.store.release(&id, &m.token, d))
-                    .await;
-                if let Err(e) = r {
-                    tracing::warn!(id, error = %e, "could not release claim; it expires with its lease");
-                }
-            })
-            .await;
-    }
-
-    /// Records the ids now in a queue as done. A failure only weakens dedup for a redelivery:
-    /// the messages are safe in SQS, so they are still confirmed.
-    async fn record(&self, shared: &PassShared, group: &str, done: Vec<(String, bool)>) {
-        if done.is_empty() {
-            return;
-        }
-        let deadline = shared.opts.deadline;
-        let now = SystemTime::now();
-        let expires_at = epoch_secs(now.checked_add(self.settings.retention).unwrap_or(now));
-        let chunks = done.chunks(COMPLETE_CHUNK).map(|chunk| async move {
-            let mut left: Vec<(String, bool)> = chunk.to_vec();
-            for round in 1..=self.settings.max_send_attempts {
-                let r = self
-                    .flow
-                    .dynamodb
-                    .call("BatchWriteItem", deadline, |d| {
-                        self.store.complete(&left, expires_at, d)
-                    })
-                    .await;
-                match r {
-                    Ok(unprocessed) if unprocessed.is_empty() => return Ok(0),
-                    Ok(unprocessed) => left.retain(|(id, _)| unprocessed.contains(id)),
-                    Err(e) if e.severity == Severity::Retryable => {}
-                    Err(e) => return Err(e),
-                }
-                let pause = backoff(round);
-                if round == self.settings.max_send_attempts
-                    || !fits(pause, Duration::ZERO, deadline)
-                {
-                    break;
-                }
-                tokio::time::sleep(pause).await;
-            }
-            Ok(left.len())
-        });
-        for r in futures::future::join_all(chunks).await {
-            match r {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(
-                    group,
-                    count = n,
-                    "could not record some ids as done; a redelivery may be enqueued again"
-                ),
-                Err(e) => {
-                    shared.note_port_error(&e);
-                    tracing::warn!(group, error = %e, "could not record ids as done; a redelivery may be enqueued again");
-                }
-            }
-        }
     }
 
     /// Confirms exactly what is safe.
@@ -973,33 +943,6 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             .confirmed
             .fetch_add(counts.confirmed, Ordering::Relaxed);
     }
-
-    /// Retries one DynamoDB request (`attempt`) on retryable failures, with backoff, while the
-    /// budget allows.
-    async fn with_retries<R, F, Fut>(&self, deadline: Instant, attempt: F) -> Result<R, PortError>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<R, PortError>>,
-    {
-        let mut round = 0;
-        loop {
-            round += 1;
-            let r = attempt().await;
-            match &r {
-                Err(e)
-                    if e.severity == Severity::Retryable
-                        && round < self.settings.max_send_attempts =>
-                {
-                    let pause = backoff(round);
-                    if !fits(pause, Duration::from_millis(100), deadline) {
-                        return r;
-                    }
-                    tokio::time::sleep(pause).await;
-                }
-                _ => return r,
-            }
-        }
-    }
 }
 
 /// A consumed batch, sorted.
@@ -1011,19 +954,17 @@ struct Triage {
     invalid: Vec<(TmcMessage, Defect)>,
 }
 
-/// A message with an id, its relay entry (or why it has none), and its claim's token.
+/// A message with an id, and its relay entry (or why it has none).
 struct Valid {
     id: u64,
     msg: TmcMessage,
     entry: Result<Outgoing, Defect>,
-    token: String,
 }
 
-/// A message this pass holds the claim of.
+/// A message this batch holds the claim of.
 struct Mine {
     id: u64,
     msg: TmcMessage,
-    token: String,
 }
 
 /// What the claims decided.
@@ -1038,18 +979,25 @@ struct Claims {
 /// What the relay queue said.
 #[derive(Default)]
 struct Enqueued {
-    accepted: Vec<Mine>,
+    accepted: Vec<u64>,
     /// Will never be accepted: park instead.
     rejected: Vec<(Mine, Defect)>,
-    /// Not in the queue: release the claim.
-    failed: Vec<Mine>,
+    /// SQS may hold them: the receipt holds their claims for one more lease.
+    unknown: Vec<u64>,
 }
 
 /// What the parking queue said.
 #[derive(Default)]
 struct ParkedOut {
-    accepted: Vec<Mine>,
-    failed: Vec<Mine>,
+    accepted: Vec<u64>,
+    unknown: Vec<u64>,
+}
+
+/// What a batch's sends came to: its receipt, and what earlier deliveries did.
+struct SentBatch {
+    already_done: Vec<u64>,
+    accepted: Vec<u64>,
+    held: Vec<u64>,
 }
 
 /// A batch's place in its loop's pipeline, and where it confirms.
@@ -1058,6 +1006,8 @@ struct Places {
     batch: OwnedSemaphorePermit,
     /// Bounds the confirms in flight, so confirms that lag still slow consuming down.
     confirms: Arc<Semaphore>,
+    /// The batch's lease.
+    lease: Duration,
 }
 
 /// The oldest publish time seen, for the report's message age.

@@ -58,7 +58,7 @@ pub enum Severity {
 }
 
 /// An AWS call that failed as a whole. Holds no credentials.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{operation} failed ({severity:?}): {detail}")]
 pub struct PortError {
     pub operation: &'static str,
@@ -173,63 +173,165 @@ pub trait Queue: Send + Sync + 'static {
     }
 }
 
-/// What a claim found.
+/// A message's claim item as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClaimOutcome {
-    /// The claim is ours until its lease ends: go ahead and enqueue.
-    Claimed,
-    /// Already enqueued (or parked) by an earlier delivery: confirm, do not enqueue.
-    AlreadyDone { parked: bool },
-    /// Another live pass holds it: neither enqueue nor confirm (that pass will).
-    HeldElsewhere,
-}
-
-/// A claim request.
-#[derive(Clone, Debug)]
-pub struct Claim<'a> {
-    pub id: &'a str,
-    /// Identifies the pass, for operators reading the table.
-    pub owner: &'a str,
-    /// Unique to this claim: a retried claim that finds its own first attempt's item knows it
-    /// by the token, and only this token releases it.
-    pub token: &'a str,
-    /// Wall-clock ms after which the claim may be taken over (the holder is presumed dead).
+pub struct ClaimItem {
+    pub id: u64,
+    /// The batch whose record decides the claim; `None` for items the previous version wrote.
+    pub batch: Option<String>,
+    /// Items of the previous version: `done`, `parked` or `claimed`.
+    pub legacy_status: Option<String>,
+    /// The claim's own lease, epoch ms: what the previous version reads, so a rollback takes
+    /// claims over once it ends (duplicates, never loss).
     pub lease_until_ms: u64,
-    /// Wall-clock now, ms.
-    pub now_ms: u64,
-    /// Epoch seconds when the record may be deleted by TTL.
+    /// Epoch seconds; TTL deletes the item some time after.
     pub expires_at: u64,
 }
 
-/// At most this many ids per `complete` call (DynamoDB's `BatchWriteItem` limit).
-pub const COMPLETE_CHUNK: usize = 25;
+/// A claim to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewClaim {
+    pub id: u64,
+    /// The batch token.
+    pub batch: String,
+    /// The batch's lease when the claim was made (for a rollback's sake).
+    pub lease_until_ms: u64,
+    pub expires_at: u64,
+}
 
-/// The dedup table, in the Powertools idempotency style: claim → side effect → complete,
-/// releasing the claim when the side effect fails. Each method is one request; the pass
-/// retries and paces them.
+/// A batch's record: its lease, and once its sends settled, its receipt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchRecord {
+    pub token: String,
+    /// The batch works on its messages until then, epoch ms; a heartbeat moves it on.
+    pub lease_until_ms: u64,
+    pub expires_at: u64,
+    /// The receipt: ids SQS or the parking queue accepted.
+    pub accepted: Vec<u64>,
+    /// Ids whose send outcome is unknown, held until `hold_until_ms`.
+    pub held: Vec<u64>,
+    pub hold_until_ms: u64,
+    /// The receipt is written: the lease is over.
+    pub settled: bool,
+}
+
+/// A settled batch's receipt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settle {
+    pub token: String,
+    pub accepted: Vec<u64>,
+    pub held: Vec<u64>,
+    pub hold_until_ms: u64,
+    /// Now: the lease ends.
+    pub lease_until_ms: u64,
+    pub expires_at: u64,
+}
+
+/// What the store said about one insert.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InsertOutcome {
+    /// Written: the claim is ours.
+    Inserted,
+    /// An item exists for the id; the store may hand it back with the failure.
+    Exists(Option<ClaimItem>),
+    /// This statement failed (throttled, invalid...); the others stand on their own.
+    Failed(PortError),
+}
+
+/// What a takeover found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TakeOver {
+    /// The old item was still there: the claim is ours now.
+    Taken,
+    /// Someone changed it first; this is what is there now (if the store says).
+    Changed(Option<ClaimItem>),
+}
+
+/// A key of the dedup table.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    Claim(u64),
+    Batch(String),
+}
+
+impl Key {
+    pub fn claim_id(&self) -> Option<u64> {
+        match self {
+            Key::Claim(id) => Some(*id),
+            Key::Batch(_) => None,
+        }
+    }
+}
+
+/// An item read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    Claim(ClaimItem),
+    Batch(BatchRecord),
+}
+
+/// At most this many inserts per request (`BatchExecuteStatement`).
+pub const INSERT_CHUNK: usize = 25;
+/// At most this many keys per read (`BatchGetItem`).
+pub const READ_CHUNK: usize = 100;
+
+/// The dedup table's storage: one request per method. The protocol that uses it (leases,
+/// receipts, takeovers) is `relay::lease`; the pass paces and retries through it.
 pub trait DedupStore: Send + Sync + 'static {
-    /// Conditional write: succeeds when no live record exists for the id.
-    fn claim(
-        &self,
-        claim: Claim<'_>,
-        deadline: Instant,
-    ) -> impl Future<Output = Result<ClaimOutcome, PortError>> + Send;
+    /// Claims per `insert_claims` request: [`INSERT_CHUNK`] where the store batches them,
+    /// 1 where each is its own conditional write.
+    fn insert_chunk(&self) -> usize {
+        INSERT_CHUNK
+    }
 
-    /// Records up to [`COMPLETE_CHUNK`] ids as enqueued (or parked), for `expires_at` (epoch
-    /// seconds). Unconditional and idempotent; returns the ids that were not processed.
-    fn complete(
-        &self,
-        ids: &[(String, bool)],
-        expires_at: u64,
-        deadline: Instant,
-    ) -> impl Future<Output = Result<Vec<String>, PortError>> + Send;
+    /// The request `insert_claims` makes, for flow control and logs.
+    fn insert_operation(&self) -> &'static str {
+        "BatchExecuteStatement"
+    }
 
-    /// Deletes our claim so the redelivery can be enqueued. Only the claim with this token
-    /// goes: never a fresh claim of the same id made since.
-    fn release(
+    /// Writes up to [`INSERT_CHUNK`] claims, each only if no item exists for its id. One
+    /// outcome per claim, in order.
+    fn insert_claims(
         &self,
-        id: &str,
+        claims: &[NewClaim],
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Vec<InsertOutcome>, PortError>> + Send;
+
+    /// Reads up to [`READ_CHUNK`] keys, strongly consistent. Returns what was found and the
+    /// keys left unprocessed (to read again); a key in neither has no item.
+    fn read(
+        &self,
+        keys: &[Key],
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(Vec<Stored>, Vec<Key>), PortError>> + Send;
+
+    /// Replaces `old` with `new`, only if the item is still exactly `old`.
+    fn take_over(
+        &self,
+        new: &NewClaim,
+        old: &ClaimItem,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<TakeOver, PortError>> + Send;
+
+    /// Writes a batch's record (a new one: live lease, no receipt).
+    fn put_batch(
+        &self,
+        record: &BatchRecord,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Moves a batch's lease on, unless its receipt is written.
+    fn renew_batch(
+        &self,
         token: &str,
+        lease_until_ms: u64,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Writes a batch's receipt and ends its lease.
+    fn settle_batch(
+        &self,
+        settle: &Settle,
         deadline: Instant,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 }

@@ -42,6 +42,11 @@ pub struct Counts {
     pub unknown_outcome: u64,
     /// Claimed by another live pass, which will confirm them.
     pub held_elsewhere: u64,
+    /// Of `enqueued` and `parked`, those whose batch receipt could not be written: left
+    /// unconfirmed, so TMC redelivers them and a later pass sends them again (a copy).
+    pub unsettled: u64,
+    /// Claims taken over from a batch that died or let them go (redeliveries).
+    pub taken_over: u64,
     /// Without a valid id: cannot be confirmed; logged and parked for inspection.
     pub invalid: u64,
     /// Ids TMC acknowledged.
@@ -63,6 +68,8 @@ impl Counts {
         self.deferred += o.deferred;
         self.unknown_outcome += o.unknown_outcome;
         self.held_elsewhere += o.held_elsewhere;
+        self.unsettled += o.unsettled;
+        self.taken_over += o.taken_over;
         self.invalid += o.invalid;
         self.confirmed += o.confirmed;
         self.confirm_failed += o.confirm_failed;

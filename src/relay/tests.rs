@@ -6,27 +6,27 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::memory::{throttled, Event, EventLog, MemoryQueue, MemoryStore, MemoryTmc, Record};
+use super::memory::{throttled, Event, EventLog, MemoryQueue, MemoryStore, MemoryTmc};
 use super::ports::{EntryOutcome, PortError, Severity};
 use super::*;
 use crate::top::{TmcMessage, TopError};
 
-type TestRelay = Relay<MemoryTmc, MemoryQueue, MemoryStore>;
+pub(super) type TestRelay = Relay<MemoryTmc, MemoryQueue, MemoryStore>;
 
-fn msg(id: u64) -> TmcMessage {
+pub(super) fn msg(id: u64) -> TmcMessage {
     TmcMessage::from_value(json!({
         "id": id, "topic": "taobao_trade_TradeChanged", "user_id": 42, "user_nick": "shop",
         "pub_time": "2026-01-01 12:00:00", "content": format!("{{\"tid\":{id}}}")
     }))
 }
 
-fn relay() -> (Arc<TestRelay>, EventLog) {
+pub(super) fn relay() -> (Arc<TestRelay>, EventLog) {
     let log = EventLog::default();
     let r = Relay::new(
         MemoryTmc::new(log.clone()),
         MemoryQueue::new("relay", log.clone()),
         MemoryQueue::new("parking", log.clone()),
-        MemoryStore::default(),
+        MemoryStore::new(),
         RelaySettings {
             max_send_attempts: 3,
             ..RelaySettings::default()
@@ -35,7 +35,7 @@ fn relay() -> (Arc<TestRelay>, EventLog) {
     (Arc::new(r), log)
 }
 
-fn opts() -> PassOptions {
+pub(super) fn opts() -> PassOptions {
     PassOptions {
         groups: vec![String::new()],
         quantity: 200,
@@ -48,7 +48,7 @@ fn opts() -> PassOptions {
     }
 }
 
-fn confirmed(log: &EventLog) -> Vec<u64> {
+pub(super) fn confirmed(log: &EventLog) -> Vec<u64> {
     log.lock()
         .unwrap()
         .iter()
@@ -63,7 +63,7 @@ fn confirmed(log: &EventLog) -> Vec<u64> {
 }
 
 /// Every id confirmed was accepted by a queue earlier in the event log (invariant 1).
-fn assert_confirmed_after_acceptance(log: &EventLog) {
+pub(super) fn assert_confirmed_after_acceptance(log: &EventLog) {
     let log = log.lock().unwrap();
     for (i, e) in log.iter().enumerate() {
         if let Event::Confirmed(id) = e {
@@ -101,7 +101,7 @@ async fn relays_a_batch_and_confirms_after_acceptance() {
         3,
         "25 messages take 3 SQS requests"
     );
-    assert_eq!(r.store.status("7"), Some("done"));
+    assert_eq!(r.store.status(7), Some("done"));
     assert_confirmed_after_acceptance(&log);
 }
 
@@ -123,16 +123,7 @@ async fn redelivery_is_confirmed_not_reenqueued() {
 async fn live_claim_elsewhere_blocks_enqueue_and_confirm() {
     let (r, log) = relay();
     let far = crate::top::clock::epoch_millis(std::time::SystemTime::now()) + 60_000;
-    r.store.records.lock().unwrap().insert(
-        "5".into(),
-        Record {
-            status: "claimed",
-            owner: "other".into(),
-            token: "t-other".into(),
-            lease_until_ms: far,
-            expires_at: far / 1000 + 86_400,
-        },
-    );
+    r.store.put_legacy(5, "claimed", far, far / 1000 + 86_400);
     r.tmc.push(Ok(vec![msg(5), msg(6)]));
     let rep = r.run(opts()).await;
     assert_eq!(r.queue.ids(), vec!["6"]);
@@ -145,16 +136,7 @@ async fn live_claim_elsewhere_blocks_enqueue_and_confirm() {
 async fn expired_claim_is_taken_over() {
     let (r, _) = relay();
     let past = crate::top::clock::epoch_millis(std::time::SystemTime::now()) - 1_000;
-    r.store.records.lock().unwrap().insert(
-        "5".into(),
-        Record {
-            status: "claimed",
-            owner: "dead".into(),
-            token: "t-other".into(),
-            lease_until_ms: past,
-            expires_at: past / 1000 + 86_400,
-        },
-    );
+    r.store.put_legacy(5, "claimed", past, past / 1000 + 86_400);
     r.tmc.push(Ok(vec![msg(5)]));
     let rep = r.run(opts()).await;
     assert_eq!(r.queue.ids(), vec!["5"]);
@@ -165,26 +147,18 @@ async fn expired_claim_is_taken_over() {
 #[tokio::test]
 async fn expired_done_record_counts_as_absent() {
     let (r, _) = relay();
-    r.store.records.lock().unwrap().insert(
-        "9".into(),
-        Record {
-            status: "done",
-            owner: String::new(),
-            token: "t-other".into(),
-            lease_until_ms: 0,
-            expires_at: 1,
-        },
-    );
+    r.store.put_legacy(9, "done", 0, 1);
     r.tmc.push(Ok(vec![msg(9)]));
     let rep = r.run(opts()).await;
     assert_eq!(rep.counts.enqueued, 1);
-    assert_eq!(r.store.status("9"), Some("done"));
-    let exp = r.store.records.lock().unwrap()["9"].expires_at;
+    assert_eq!(r.store.status(9), Some("done"));
+    let exp = r.store.claims.lock().unwrap()[&9].expires_at;
     let week = crate::top::clock::epoch_secs(std::time::SystemTime::now()) + 7 * 86_400;
     assert!(exp.abs_diff(week) < 5, "record expires after the retention");
 }
 
-/// An entry SQS keeps failing with SenderFault=false is deferred: claim released, not confirmed,
+/// An entry SQS keeps failing with SenderFault=false is deferred: not confirmed, and free for
+/// its redelivery to take over,
 /// while the rest of its batch goes through (invariants 1 and 5).
 #[tokio::test]
 async fn retryable_failures_defer_without_blocking_others() {
@@ -203,9 +177,9 @@ async fn retryable_failures_defer_without_blocking_others() {
     assert_eq!(rep.counts.enqueued, 2);
     assert_eq!(confirmed(&log), vec![1, 3]);
     assert_eq!(
-        r.store.status("2"),
-        None,
-        "claim released so the redelivery is enqueued"
+        r.store.status(2),
+        Some("free"),
+        "the receipt does not list it: the redelivery takes it over"
     );
 }
 
@@ -231,11 +205,23 @@ async fn unknown_outcome_keeps_the_claim() {
     assert_eq!(rep.counts.deferred, 1);
     assert!(confirmed(&log).is_empty());
     assert_eq!(
-        r.store.status("1"),
+        r.store.status(1),
         Some("claimed"),
         "claim kept, not released"
     );
-    assert_eq!(*r.store.releases.lock().unwrap(), 0);
+    let held: Vec<Vec<u64>> = r
+        .store
+        .batches
+        .lock()
+        .unwrap()
+        .values()
+        .map(|b| b.held.clone())
+        .collect();
+    assert_eq!(
+        held,
+        vec![vec![1]],
+        "the receipt holds it for one more lease"
+    );
     assert_eq!(*r.queue.calls.lock().unwrap(), 2, "one blind resend");
 }
 
@@ -257,7 +243,7 @@ async fn unknown_outcome_resends_once_on_standard_all_attempts_on_fifo() {
         MemoryTmc::new(log.clone()),
         queue,
         MemoryQueue::new("parking", log.clone()),
-        MemoryStore::default(),
+        MemoryStore::new(),
         RelaySettings {
             max_send_attempts: 3,
             ..RelaySettings::default()
@@ -272,9 +258,9 @@ async fn unknown_outcome_resends_once_on_standard_all_attempts_on_fifo() {
     assert_eq!(confirmed(&log), vec![1]);
 }
 
-/// A definite retryable failure (throttling answered by SQS) releases the claim at the end.
+/// A definite retryable failure (throttling answered by SQS) leaves the claim free.
 #[tokio::test]
-async fn definite_failure_releases_the_claim() {
+async fn definite_failure_leaves_the_claim_free() {
     let (r, _) = relay();
     for _ in 0..3 {
         r.queue
@@ -286,7 +272,7 @@ async fn definite_failure_releases_the_claim() {
     r.tmc.push(Ok(vec![msg(1)]));
     let rep = r.run(opts()).await;
     assert_eq!(rep.counts.deferred, 1);
-    assert_eq!(r.store.status("1"), None);
+    assert_eq!(r.store.status(1), Some("free"));
 }
 
 /// A transient failure that clears within the attempts is retried to success.
@@ -334,14 +320,14 @@ async fn sender_fault_parks_and_confirms() {
         .unwrap()
         .contains("InvalidParameterValue"));
     assert_eq!(body["original"]["id"], 2);
-    assert_eq!(r.store.status("2"), Some("parked"));
+    assert_eq!(r.store.status(2), Some("done"));
     let mut c = confirmed(&log);
     c.sort();
     assert_eq!(c, vec![1, 2]);
     assert_confirmed_after_acceptance(&log);
 }
 
-/// When parking fails too, the message is not confirmed and its claim is released.
+/// When parking fails too, the message is not confirmed and its claim is left free.
 #[tokio::test]
 async fn failed_parking_is_not_confirmed() {
     let (r, log) = relay();
@@ -363,7 +349,7 @@ async fn failed_parking_is_not_confirmed() {
     let rep = r.run(opts()).await;
     assert_eq!((rep.counts.parked, rep.counts.deferred), (0, 1));
     assert_eq!(confirmed(&log), vec![1]);
-    assert_eq!(r.store.status("2"), None);
+    assert_eq!(r.store.status(2), Some("free"));
 }
 
 /// Missing topic or content is parked and confirmed; a missing id is counted, parked for
@@ -437,18 +423,21 @@ async fn confirm_refused_is_counted() {
     r.tmc.push(Ok(vec![msg(1)]));
     let rep = r.run(opts()).await;
     assert_eq!((rep.counts.confirmed, rep.counts.confirm_failed), (0, 1));
-    assert_eq!(r.store.status("1"), Some("done"));
+    assert_eq!(r.store.status(1), Some("done"));
 }
 
 /// A missing table stops the pass as fatal, enqueues nothing, confirms nothing.
 #[tokio::test]
 async fn fatal_store_error_stops_the_pass() {
     let (r, log) = relay();
-    *r.store.fail_claims.lock().unwrap() = Some(PortError::new(
-        "PutItem",
-        Severity::Fatal,
-        "ResourceNotFoundException: Requested resource not found",
-    ));
+    r.store.failures.lock().unwrap().insert(
+        "insert",
+        PortError::new(
+            "BatchExecuteStatement",
+            Severity::Fatal,
+            "ResourceNotFoundException: Requested resource not found",
+        ),
+    );
     for i in 1..=10 {
         r.tmc.push(Ok(vec![msg(i)]));
     }
@@ -472,7 +461,11 @@ async fn fatal_store_error_stops_the_pass() {
 #[tokio::test]
 async fn throttled_claims_defer() {
     let (r, log) = relay();
-    *r.store.fail_claims.lock().unwrap() = Some(throttled("PutItem"));
+    r.store
+        .failures
+        .lock()
+        .unwrap()
+        .insert("insert", throttled("BatchExecuteStatement"));
     r.tmc.push(Ok(vec![msg(1)]));
     let rep = r.run(opts()).await;
     assert_eq!(rep.counts.deferred, 1);
@@ -735,7 +728,7 @@ async fn report_json_shape() {
 }
 
 /// A batch of `n` messages with ids from `first`.
-fn batch(first: u64, n: u64) -> Vec<TmcMessage> {
+pub(super) fn batch(first: u64, n: u64) -> Vec<TmcMessage> {
     (first..first + n).map(msg).collect()
 }
 
@@ -749,7 +742,7 @@ async fn slow_aws_costs_time_not_copies() {
         MemoryTmc::new(log.clone()),
         MemoryQueue::new("relay", log.clone()),
         MemoryQueue::new("parking", log.clone()),
-        MemoryStore::default(),
+        MemoryStore::new(),
         RelaySettings::default(),
     ));
     *r.queue.workers.lock().unwrap() = Some(Arc::new(tokio::sync::Semaphore::new(2)));
@@ -808,31 +801,4 @@ async fn absurd_bans_saturate() {
         assert_eq!(rep.stop_reason, StopReason::RateLimited, "{secs}");
         assert!(rep.ban_seconds.unwrap() >= i64::MAX as u64, "{secs}");
     }
-}
-
-/// A release names its claim's token: once another claim of the same id holds the record
-/// (taken over after the lease), a late release of the old claim leaves it alone.
-#[tokio::test]
-async fn release_spares_a_fresh_claim_of_the_same_id() {
-    use crate::relay::ports::{Claim, DedupStore};
-    let store = MemoryStore::default();
-    let now_ms = crate::top::clock::epoch_millis(std::time::SystemTime::now());
-    let claim = |token: &'static str, lease_until_ms| Claim {
-        id: "77",
-        owner: "pass",
-        token,
-        lease_until_ms,
-        now_ms,
-        expires_at: now_ms / 1000 + 86_400,
-    };
-    let far = Instant::now() + Duration::from_secs(5);
-    store.claim(claim("old", now_ms - 1), far).await.unwrap();
-    store
-        .claim(claim("fresh", now_ms + 60_000), far)
-        .await
-        .unwrap();
-    store.release("77", "old", far).await.unwrap();
-    assert_eq!(store.records.lock().unwrap()["77"].token, "fresh");
-    store.release("77", "fresh", far).await.unwrap();
-    assert_eq!(store.status("77"), None);
 }

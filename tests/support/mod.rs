@@ -29,6 +29,14 @@ pub fn moto() -> String {
     })
 }
 
+/// A moto of its own for the test that fills a queue thousands deep (moto serves one request
+/// at a time and slows with depth, starving the others), exported by `make test`.
+pub fn moto_deep() -> String {
+    std::env::var("MOTO_DEEP_ENDPOINT").unwrap_or_else(|_| {
+        panic!("MOTO_DEEP_ENDPOINT is not set: run the end-to-end tests with `make test`, which starts it")
+    })
+}
+
 /// ministack's endpoint, exported by `make test` (a local AWS whose SQS stays fast at any depth
 /// and which models PartiQL writes). Without it the test fails: it is never skipped.
 pub fn ministack() -> String {
@@ -69,6 +77,8 @@ pub fn unique(prefix: &str) -> String {
 
 /// The AWS resources one test uses.
 pub struct Env {
+    /// The AWS endpoint the resources live on (moto unless made with `on`/`ministack`).
+    pub endpoint: String,
     pub sdk: aws_config::SdkConfig,
     pub sqs: aws_sdk_sqs::Client,
     pub ddb: aws_sdk_dynamodb::Client,
@@ -80,7 +90,17 @@ pub struct Env {
 impl Env {
     /// Fresh queues and table on moto (a FIFO relay queue when `fifo`).
     pub async fn new(fifo: bool) -> Env {
-        let sdk = sdk(&moto()).await;
+        Self::on(&moto(), fifo).await
+    }
+
+    /// Fresh queues and table on ministack.
+    pub async fn ministack(fifo: bool) -> Env {
+        Self::on(&ministack(), fifo).await
+    }
+
+    /// Fresh queues and table at `endpoint`.
+    pub async fn on(endpoint: &str, fifo: bool) -> Env {
+        let sdk = sdk(endpoint).await;
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
         let name = unique("relay");
@@ -109,6 +129,7 @@ impl Env {
         let table = unique("dedup");
         create_table(&ddb, &table).await;
         Env {
+            endpoint: endpoint.to_owned(),
             sdk,
             sqs,
             ddb,
@@ -127,7 +148,7 @@ impl Env {
             ("RELAY_QUEUE_URL".into(), self.queue_url.clone()),
             ("PARKING_QUEUE_URL".into(), self.parking_url.clone()),
             ("DEDUP_TABLE_NAME".into(), self.table.clone()),
-            ("AWS_ENDPOINT_URL".into(), moto()),
+            ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
             ("AWS_ACCESS_KEY_ID".into(), "test".into()),
             ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
             ("AWS_REGION".into(), "us-east-1".into()),
@@ -157,7 +178,7 @@ impl Env {
     }
 
     pub async fn app(&self, gateway: &str) -> App {
-        self.app_via(gateway, &moto(), &[], RelaySettings::default())
+        self.app_via(gateway, &self.endpoint, &[], RelaySettings::default())
             .await
     }
 
@@ -238,21 +259,49 @@ impl Env {
         out
     }
 
-    /// The dedup record's status for an id.
+    /// What the dedup table says of an id: `done` (in its batch's receipt: SQS or the
+    /// parking queue accepted it), `claimed` (its batch is still at work), `held` (its send
+    /// outcome unknown), `free` (its batch let it go), or the previous version's `status`.
     pub async fn status(&self, id: &str) -> Option<String> {
-        let r = self
-            .ddb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(id.into()))
-            .consistent_read(true)
-            .send()
-            .await
-            .unwrap();
-        r.item()
-            .and_then(|i| i.get("status"))
-            .and_then(|v| v.as_s().ok())
-            .cloned()
+        use aws_sdk_dynamodb::types::AttributeValue as Av;
+        let get = |pk: String| async move {
+            self.ddb
+                .get_item()
+                .table_name(&self.table)
+                .key("pk", Av::S(pk))
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap()
+                .item()
+                .cloned()
+        };
+        let item = get(id.to_owned()).await?;
+        let Some(batch) = item.get("b").and_then(|v| v.as_s().ok()) else {
+            return item.get("status").and_then(|v| v.as_s().ok()).cloned();
+        };
+        let Some(record) = get(format!("b#{batch}")).await else {
+            return Some("free".into());
+        };
+        let listed = |name: &str| {
+            record
+                .get(name)
+                .and_then(|v| v.as_ns().ok())
+                .is_some_and(|ns| ns.iter().any(|n| n == id))
+        };
+        let settled = record.contains_key("settled");
+        Some(
+            if listed("accepted") {
+                "done"
+            } else if listed("held") {
+                "held"
+            } else if !settled {
+                "claimed"
+            } else {
+                "free"
+            }
+            .into(),
+        )
     }
 }
 

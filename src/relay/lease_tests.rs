@@ -1,0 +1,398 @@
+//! The lease protocol: its rules, and every crash point of a batch, on the in-memory store
+//! with a manual clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::relay::memory::{EventLog, MemoryQueue, MemoryStore, MemoryTmc};
+use crate::relay::ports::{Outgoing, Queue};
+use crate::relay::tests::{
+    assert_confirmed_after_acceptance, batch, confirmed, msg, opts, TestRelay,
+};
+use crate::relay::{Relay, RelaySettings};
+
+const NOW: u64 = 1_795_300_000_000;
+const LEASE: Duration = Duration::from_secs(60);
+
+fn item(id: u64, batch: Option<&str>, legacy: Option<&str>, lease_until_ms: u64) -> ClaimItem {
+    ClaimItem {
+        id,
+        batch: batch.map(str::to_owned),
+        legacy_status: legacy.map(str::to_owned),
+        lease_until_ms,
+        expires_at: NOW / 1000 + 86_400,
+    }
+}
+
+fn record(lease_until_ms: u64, settled: bool, accepted: &[u64], held: &[u64]) -> BatchRecord {
+    BatchRecord {
+        token: "other".into(),
+        lease_until_ms,
+        expires_at: NOW / 1000 + 86_400,
+        accepted: accepted.to_vec(),
+        held: held.to_vec(),
+        hold_until_ms: NOW + 30_000,
+        settled,
+    }
+}
+
+#[test]
+fn the_rules() {
+    use Decision::*;
+    let other = Some("other");
+    let live = NOW + 1;
+    let dead = NOW - 1;
+    let cases: Vec<(ClaimItem, Option<BatchRecord>, Decision)> = vec![
+        // Ours: a retried insert.
+        (item(1, Some("mine"), None, live), None, Mine),
+        // No record (gone with its TTL): take over.
+        (item(1, other, None, live), None, TakeOver),
+        // Accepted, settled or not yet renewed: done.
+        (
+            item(1, other, None, live),
+            Some(record(dead, true, &[1], &[])),
+            Done,
+        ),
+        // Lease live, not settled: held.
+        (
+            item(1, other, None, live),
+            Some(record(live, false, &[], &[])),
+            Held,
+        ),
+        // Lease dead, not settled: take over.
+        (
+            item(1, other, None, live),
+            Some(record(dead, false, &[], &[])),
+            TakeOver,
+        ),
+        // Settled without it: take over at once.
+        (
+            item(1, other, None, live),
+            Some(record(dead, true, &[2], &[])),
+            TakeOver,
+        ),
+        // Unknown outcome: held while the hold lasts (hold_until = NOW + 30 s).
+        (
+            item(1, other, None, live),
+            Some(record(dead, true, &[], &[1])),
+            Held,
+        ),
+        // The previous version's items.
+        (item(1, None, Some("done"), 0), None, Done),
+        (item(1, None, Some("parked"), 0), None, Done),
+        (item(1, None, Some("claimed"), live), None, Held),
+        (item(1, None, Some("claimed"), dead), None, TakeOver),
+    ];
+    for (i, (it, rec, want)) in cases.into_iter().enumerate() {
+        assert_eq!(decide(&it, rec.as_ref(), "mine", NOW), want, "case {i}");
+    }
+    // Expired items count as absent, whatever they say.
+    let mut expired = item(1, None, Some("done"), 0);
+    expired.expires_at = NOW / 1000 - 1;
+    assert_eq!(decide(&expired, None, "mine", NOW), TakeOver);
+    // A hold that ended: take over.
+    assert_eq!(
+        decide(
+            &item(1, other, None, live),
+            Some(&record(dead, true, &[], &[1])),
+            "mine",
+            NOW + 31_000
+        ),
+        TakeOver
+    );
+}
+
+#[test]
+fn leases_follow_the_slowest_batch_within_bounds() {
+    let p = LeasePolicy::default();
+    assert_eq!(p.lease_for(Duration::ZERO), Duration::from_secs(60));
+    assert_eq!(
+        p.lease_for(Duration::from_secs(30)),
+        Duration::from_secs(90)
+    );
+    assert_eq!(
+        p.lease_for(Duration::from_secs(3600)),
+        Duration::from_secs(600)
+    );
+    assert_eq!(p.lease_for(Duration::MAX), Duration::from_secs(600));
+}
+
+/// A relay whose leases read `clock`, on `store`.
+fn relay_on(clock: &Clock, store: MemoryStore) -> (Arc<TestRelay>, EventLog) {
+    let log = EventLog::default();
+    let r = Relay::new(
+        MemoryTmc::new(log.clone()),
+        MemoryQueue::new("relay", log.clone()),
+        MemoryQueue::new("parking", log.clone()),
+        store,
+        RelaySettings {
+            max_send_attempts: 3,
+            clock: clock.clone(),
+            ..RelaySettings::default()
+        },
+    );
+    (Arc::new(r), log)
+}
+
+/// A batch of another process that began, claimed `ids`, and (when `accepted`) wrote its
+/// receipt, then died: what it left in `store`.
+async fn dead_batch(store: &MemoryStore, clock: &Clock, ids: &[u64], accepted: Option<&[u64]>) {
+    let limiter =
+        crate::relay::flow::Limiter::new("dynamodb", crate::relay::flow::LimitConfig::new(8));
+    let policy = LeasePolicy::default();
+    let leases = Leases {
+        store,
+        limiter: &limiter,
+        policy: &policy,
+        clock,
+    };
+    let far = Instant::now() + Duration::from_secs(10);
+    let lease = leases.begin("dead".into(), LEASE, far).await.unwrap();
+    let claimed = leases.claim(&lease, ids, far).await;
+    assert_eq!(claimed.mine.len(), ids.len());
+    if let Some(acc) = accepted {
+        leases
+            .settle(&lease, acc.to_vec(), Vec::new(), far)
+            .await
+            .unwrap();
+    }
+}
+
+fn entry(id: u64) -> Outgoing {
+    Outgoing {
+        id: id.to_string(),
+        body: format!("{{\"id\":{id}}}"),
+        attributes: Vec::new(),
+        group_id: None,
+        dedup_id: None,
+    }
+}
+
+/// Crash after the claims, before any send: a redelivery within the lease is held (neither
+/// sent nor confirmed); after it, taken over, sent and confirmed.
+#[tokio::test]
+async fn crash_after_the_claims() {
+    let clock = Clock::manual(NOW);
+    let (r, log) = relay_on(&clock, MemoryStore::new());
+    dead_batch(&r.store, &clock, &[1, 2], None).await;
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.held_elsewhere, rep.counts.enqueued), (2, 0));
+    assert!(confirmed(&log).is_empty());
+
+    clock.advance(LEASE + Duration::from_secs(1));
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.taken_over, rep.counts.enqueued), (2, 2));
+    assert_eq!(confirmed(&log), vec![1, 2]);
+    assert_eq!(r.queue.ids(), vec!["1", "2"]);
+}
+
+/// Crash after SQS accepted, before the receipt: the redelivery after the lease sends again.
+/// A copy, never a loss.
+#[tokio::test]
+async fn crash_after_sqs_accepted() {
+    let clock = Clock::manual(NOW);
+    let (r, log) = relay_on(&clock, MemoryStore::new());
+    dead_batch(&r.store, &clock, &[1, 2], None).await;
+    let far = Instant::now() + Duration::from_secs(5);
+    r.queue
+        .send_batch(&[entry(1), entry(2)], far)
+        .await
+        .unwrap();
+
+    clock.advance(LEASE + Duration::from_secs(1));
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.counts.enqueued, 2);
+    assert_eq!(r.queue.ids(), vec!["1", "2", "1", "2"], "one copy each");
+    assert_eq!(confirmed(&log), vec![1, 2]);
+}
+
+/// Crash after the receipt, before the confirm: the redelivery is confirmed, not sent.
+#[tokio::test]
+async fn crash_after_the_receipt() {
+    let clock = Clock::manual(NOW);
+    let (r, log) = relay_on(&clock, MemoryStore::new());
+    dead_batch(&r.store, &clock, &[1, 2], Some(&[1, 2])).await;
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.duplicates, rep.counts.enqueued), (2, 0));
+    assert_eq!(confirmed(&log), vec![1, 2]);
+    assert!(r.queue.ids().is_empty());
+}
+
+/// After the confirm, TMC may still redeliver (a confirm whose answer was lost): confirmed
+/// again, not sent again.
+#[tokio::test]
+async fn redelivery_after_the_confirm() {
+    let clock = Clock::manual(NOW);
+    let (r, log) = relay_on(&clock, MemoryStore::new());
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    r.run(opts()).await;
+    clock.advance(Duration::from_secs(3600));
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.duplicates, rep.counts.enqueued), (2, 0));
+    assert_eq!(confirmed(&log), vec![1, 2, 1, 2]);
+    assert_eq!(r.queue.ids(), vec!["1", "2"]);
+}
+
+/// Makes the store throttle every request of this kind.
+fn throttle(store: &MemoryStore, kind: &'static str) {
+    store
+        .failures
+        .lock()
+        .unwrap()
+        .insert(kind, crate::relay::memory::throttled("PutItem"));
+}
+
+/// A receipt that cannot be written: nothing of the batch is confirmed. Its redelivery is
+/// held while the lease lasts, then sent again: a copy, never a loss.
+#[tokio::test]
+async fn unwritable_receipt_confirms_nothing() {
+    let clock = Clock::manual(NOW);
+    let (r, log) = relay_on(&clock, MemoryStore::new());
+    throttle(&r.store, "settle");
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.enqueued, rep.counts.unsettled), (2, 2));
+    assert!(
+        confirmed(&log).is_empty(),
+        "nothing confirmed without a receipt"
+    );
+    r.store.failures.lock().unwrap().clear();
+
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.counts.held_elsewhere, 2, "the lease still stands");
+    assert!(confirmed(&log).is_empty());
+
+    clock.advance(LEASE + Duration::from_secs(1));
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.taken_over, rep.counts.enqueued), (2, 2));
+    assert_eq!(confirmed(&log), vec![1, 2]);
+    assert_eq!(r.queue.ids(), vec!["1", "2", "1", "2"]);
+    assert_confirmed_after_acceptance(&log);
+}
+
+/// A lease that cannot be written: nothing is claimed, sent or confirmed.
+#[tokio::test]
+async fn unwritable_lease_defers_the_batch() {
+    let clock = Clock::manual(NOW);
+    let (r, log) = relay_on(&clock, MemoryStore::new());
+    throttle(&r.store, "put_batch");
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.deferred, rep.counts.enqueued), (2, 0));
+    assert_eq!(r.store.requests_of("insert"), 0);
+    assert!(confirmed(&log).is_empty());
+}
+
+/// A send of unknown outcome is held one more lease (SQS may have it), then taken over.
+#[tokio::test]
+async fn unknown_outcome_is_held_one_lease() {
+    let clock = Clock::manual(NOW);
+    let (r, log) = relay_on(&clock, MemoryStore::new());
+    for _ in 0..3 {
+        r.queue.request_failures.lock().unwrap().push_back(
+            crate::relay::ports::PortError::ambiguous("SendMessageBatch", "timed out"),
+        );
+    }
+    r.tmc.push(Ok(vec![msg(1)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.counts.unknown_outcome, 1);
+
+    clock.advance(LEASE - Duration::from_secs(1));
+    r.tmc.push(Ok(vec![msg(1)]));
+    assert_eq!(r.run(opts()).await.counts.held_elsewhere, 1);
+
+    clock.advance(Duration::from_secs(2));
+    r.tmc.push(Ok(vec![msg(1)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.taken_over, rep.counts.enqueued), (1, 1));
+    assert_eq!(confirmed(&log), vec![1]);
+}
+
+/// A store that only says an item exists (ministack's `DuplicateItem` has no item) costs a
+/// read, and decides the same.
+#[tokio::test]
+async fn without_old_items_the_claims_read_them() {
+    let clock = Clock::manual(NOW);
+    let (r, log) = relay_on(&clock, MemoryStore::default());
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    r.tmc.push(Ok(vec![msg(2), msg(3)]));
+    let rep = r.run(opts()).await;
+    assert_eq!(r.queue.ids(), vec!["1", "2", "3"]);
+    assert_eq!(rep.counts.duplicates, 1);
+    assert_eq!(confirmed(&log), vec![1, 2, 2, 3]);
+    assert_eq!(
+        r.store.requests_of("read"),
+        2,
+        "the claim item, then its batch"
+    );
+}
+
+/// A clean batch of 200 costs 8 claim requests, the lease and the receipt: no reads, no
+/// takeovers, no per-message write besides the claim.
+#[tokio::test]
+async fn a_clean_batch_costs_ten_requests() {
+    let clock = Clock::manual(NOW);
+    let (r, _) = relay_on(&clock, MemoryStore::new());
+    r.tmc.push(Ok(batch(1_000, 200)));
+    let rep = r.run(opts()).await;
+    assert_eq!(rep.counts.confirmed, 200);
+    let s = &r.store;
+    assert_eq!(
+        [
+            "insert",
+            "put_batch",
+            "settle",
+            "read",
+            "take_over",
+            "renew"
+        ]
+        .map(|k| s.requests_of(k)),
+        [8, 1, 1, 0, 0, 0]
+    );
+}
+
+/// The heartbeat keeps a batch's lease while it works, however long past the first lease.
+#[tokio::test(start_paused = true)]
+async fn the_heartbeat_keeps_a_slow_batch_alive() {
+    let clock = Clock::manual(NOW);
+    let store = MemoryStore::new();
+    let limiter =
+        crate::relay::flow::Limiter::new("dynamodb", crate::relay::flow::LimitConfig::new(8));
+    let policy = LeasePolicy::default();
+    let leases = Leases {
+        store: &store,
+        limiter: &limiter,
+        policy: &policy,
+        clock: &clock,
+    };
+    let far = Instant::now() + Duration::from_secs(3600);
+    let lease = leases.begin("slow".into(), LEASE, far).await.unwrap();
+    let work = async {
+        for _ in 0..10 {
+            tokio::time::sleep(LEASE / 2).await;
+            clock.advance(LEASE / 2);
+        }
+    };
+    tokio::select! {
+        () = work => {}
+        () = leases.heartbeat(&lease, far) => unreachable!(),
+    }
+    let r = store.batches.lock().unwrap()["slow"].clone();
+    assert!(
+        r.lease_until_ms > clock.now_ms(),
+        "lease still live after 5 leases' time: {} <= {}",
+        r.lease_until_ms,
+        clock.now_ms()
+    );
+    assert!(store.requests_of("renew") >= 14);
+}
