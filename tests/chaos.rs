@@ -10,7 +10,8 @@ use serde_json::Value;
 fn chaos(args: &[&str]) -> (i32, Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_tmc-chaos"))
         .args(["--relay-bin", env!("CARGO_BIN_EXE_tmc-relay"), "--json"])
-        .args(["--timeout-secs", "240"])
+        // A bound on a hung run, not on speed: a loaded machine takes longer.
+        .args(["--timeout-secs", "1200"])
         .args(args)
         .output()
         .expect("tmc-chaos runs");
@@ -86,8 +87,15 @@ fn memory_backend_survives_faults_crashes_and_concurrency() {
         "8",
         "--concurrency-messages",
         "600",
+        "--long-pass-messages",
+        "600",
     ]);
     assert_sound(code, &v, 3);
+    assert!(
+        n(&v, &["long_pass", "taken_over"]) > 0,
+        "the killed long pass's claims were taken over: {v:#}"
+    );
+    assert_eq!(n(&v, &["long_pass", "lost"]), 0);
     assert!(
         n(&v, &["faults", "tmc_consume_calls"]) > 0 && n(&v, &["faults", "tmc_confirm_calls"]) > 0
     );
@@ -118,6 +126,10 @@ fn moto_backend_survives_faults_crashes_and_concurrency() {
         "8",
         "--concurrency-messages",
         "200",
+        // The long-pass phase runs on the in-memory backend above and on ministack
+        // (tests/leases.rs).
+        "--long-pass-messages",
+        "0",
     ]);
     assert_sound(code, &v, 2);
     assert!(
@@ -140,6 +152,8 @@ fn checks_fail_on_confirm_without_enqueue_and_on_unexplained_duplicates() {
         "--seed",
         "13",
         "--concurrency-messages",
+        "0",
+        "--long-pass-messages",
         "0",
         "--sabotage",
         "3",

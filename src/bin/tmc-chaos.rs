@@ -55,8 +55,10 @@ const CONCURRENCY_LEASE: Duration = Duration::from_secs(1);
 const CONCURRENCY_SQS_LATENCY_MS: u64 = 1500;
 /// Each pass's budget in the concurrency phase (long: a pass only ends at an empty poll).
 const CONCURRENCY_PASS_SECONDS: u64 = 30;
-/// The dedup write that records what SQS accepted: a fault on it can leave ids unrecorded.
-const RECORD_WRITE: &str = "BatchWriteItem";
+/// The dedup write of a batch's receipt (and its lease, and takeovers): a receipt that is
+/// never written leaves its batch unconfirmed, and each of its messages may come back as a
+/// copy.
+const RECORD_WRITE: &str = "PutItem";
 /// At most this many rounds of the concurrency phase, until the race it needs happened.
 const CONCURRENCY_ROUNDS: usize = 3;
 /// How often the supervisor looks at the simulator and the children.
@@ -120,6 +122,10 @@ struct Args {
     /// Messages for the concurrency phase; 0 skips it.
     #[arg(long, default_value_t = 2000)]
     concurrency_messages: usize,
+    /// Messages for the long-pass phase: a `--max-seconds 3600` pass SIGKILLed a third into
+    /// its drain, then passes one after another until TMC has nothing left; 0 skips it.
+    #[arg(long, default_value_t = 1200)]
+    long_pass_messages: usize,
     /// Among injected SendMessageBatch entry failures, the share with SenderFault=true (the
     /// relay parks those). 0 keeps to retryable partial failures.
     #[arg(long, default_value_t = 0.0)]
@@ -231,6 +237,8 @@ struct Outcome {
     secret_leaks: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     concurrency: Option<Concurrency>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    long_pass: Option<LongPass>,
     checks: Vec<Check>,
     time: Times,
     note: String,
@@ -293,15 +301,16 @@ struct Duplicates {
 ///   loops × (depth + 1) × quantity;
 /// - an acceptance whose answer the relay never got (a lost response, or a request the relay
 ///   stopped waiting for): one extra copy each, from fake-aws's acceptance log;
-/// - a dedup write fake-aws faulted or left unprocessed (completion records): each entry of
-///   it may be left unrecorded, and come back as a copy.
+/// - a dedup write fake-aws refused whole and that was never carried out afterwards (a
+///   receipt given up on): a batch's worth of copies each, quantity.
 #[derive(Debug, Default, Serialize)]
 struct Bound {
     total: u64,
     crashes: u64,
     per_crash: u64,
     unanswered_acceptances: u64,
-    faulted_record_entries: u64,
+    unwritten_record_writes: u64,
+    record_allowance: u64,
 }
 
 /// The parking queue.
@@ -314,6 +323,19 @@ struct Parked {
     also_enqueued: u64,
     /// Extra copies in the parking queue.
     duplicates: u64,
+}
+
+/// What the phases after the main run share.
+#[derive(Clone, Copy)]
+struct Phase<'a> {
+    args: &'a Args,
+    bin: &'a Path,
+    secret: &'a str,
+    fake: &'a FakeAws,
+    via_fake: &'a Aws,
+    moto: Option<&'a Aws>,
+    tag: &'a str,
+    hard_deadline: Instant,
 }
 
 /// The concurrency phase.
@@ -351,6 +373,26 @@ struct Times {
     clean_drain_s: f64,
     checks_s: f64,
     concurrency_s: f64,
+    long_pass_s: f64,
+}
+
+/// The long-pass phase.
+#[derive(Debug, Default, Serialize)]
+struct LongPass {
+    messages: u64,
+    /// Handed out when the long pass was killed.
+    delivered_at_kill: u64,
+    confirmed_at_kill: u64,
+    /// From the SIGKILL to the last message confirmed.
+    freed_after_s: f64,
+    /// The longest a batch's lease can be: what a dead pass may hold messages for.
+    lease_ceiling_s: u64,
+    passes: u64,
+    held_elsewhere: u64,
+    taken_over: u64,
+    lost: u64,
+    unconfirmed: u64,
+    copies: u64,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -583,7 +625,14 @@ fn chaos_rules(rate: f64, sender_fault_share: f64) -> Rules {
             },
         )
         .with(
-            "BatchWriteItem",
+            "BatchGetItem",
+            OpRules {
+                partial_failure_rate: rate,
+                ..whole.clone()
+            },
+        )
+        .with(
+            "BatchExecuteStatement",
             OpRules {
                 partial_failure_rate: rate,
                 ..whole
@@ -1114,19 +1163,25 @@ async fn run(args: Args) -> Result<(Outcome, bool), String> {
     let mut outcome = check(&args, &sim, &fake, moto.as_ref(), &res, &ids, &fleet).await?;
     let checks_done = Instant::now();
 
+    let phase = Phase {
+        args: &args,
+        bin: &bin,
+        secret: &secret,
+        fake: &fake,
+        via_fake: &via_fake,
+        moto: moto.as_ref(),
+        tag: &tag,
+        hard_deadline,
+    };
     if args.concurrency_messages > 0 {
-        let (conc, mut checks) = concurrency_phase(
-            &args,
-            &bin,
-            &secret,
-            &fake,
-            &via_fake,
-            moto.as_ref(),
-            &tag,
-            hard_deadline,
-        )
-        .await?;
+        let (conc, mut checks) = concurrency_phase(&phase).await?;
         outcome.concurrency = Some(conc);
+        outcome.checks.append(&mut checks);
+    }
+    let conc_done = Instant::now();
+    if args.long_pass_messages > 0 {
+        let (long, mut checks) = long_pass_phase(&phase).await?;
+        outcome.long_pass = Some(long);
         outcome.checks.append(&mut checks);
     }
     let end = Instant::now();
@@ -1143,7 +1198,8 @@ async fn run(args: Args) -> Result<(Outcome, bool), String> {
         faults_and_crashes_s: secs(chaos_done - started),
         clean_drain_s: secs(drain_done - chaos_done),
         checks_s: secs(checks_done - drain_done),
-        concurrency_s: secs(end - checks_done),
+        concurrency_s: secs(conc_done - checks_done),
+        long_pass_s: secs(end - conc_done),
     };
     outcome.passed = outcome.checks.iter().all(|c| c.passed);
 
@@ -1331,11 +1387,11 @@ async fn check(
         crashes: u64::from(fleet.crashes),
         per_crash,
         unanswered_acceptances: lost_entries,
-        faulted_record_entries: records.faulted_entries + records.failed_entries,
+        unwritten_record_writes: records.unrecovered,
+        record_allowance: records.unrecovered * u64::from(args.quantity),
         total: 0,
     };
-    bound.total =
-        bound.crashes * per_crash + bound.unanswered_acceptances + bound.faulted_record_entries;
+    bound.total = bound.crashes * per_crash + bound.unanswered_acceptances + bound.record_allowance;
 
     let mut relay_counts: BTreeMap<String, u64> = BTreeMap::new();
     for p in fleet.passes.iter().filter(|p| p.report.is_some()) {
@@ -1458,6 +1514,7 @@ async fn check(
         relay_counts,
         secret_leaks,
         concurrency: None,
+        long_pass: None,
         checks,
         time: Times::default(),
         note: match args.backend {
@@ -1471,16 +1528,17 @@ async fn check(
 /// slowly), no other faults: TMC hands held messages to other passes, which must neither enqueue
 /// nor confirm them.
 #[allow(clippy::too_many_arguments)]
-async fn concurrency_phase(
-    args: &Args,
-    bin: &Path,
-    secret: &str,
-    fake: &FakeAws,
-    via_fake: &Aws,
-    moto: Option<&Aws>,
-    tag: &str,
-    hard_deadline: Instant,
-) -> Result<(Concurrency, Vec<Check>), String> {
+async fn concurrency_phase(p: &Phase<'_>) -> Result<(Concurrency, Vec<Check>), String> {
+    let Phase {
+        args,
+        bin,
+        secret,
+        fake,
+        via_fake,
+        moto,
+        tag,
+        hard_deadline,
+    } = *p;
     let started = Instant::now();
     let sim = SimServer::start(
         ([127, 0, 0, 1], 0).into(),
@@ -1637,6 +1695,153 @@ async fn concurrency_phase(
     Ok((conc, checks))
 }
 
+/// A backfill (`--max-seconds 3600`) SIGKILLed a third into its drain, then passes one after
+/// another, as the schedule runs them: what it held must be relayed once its batches' leases
+/// end, not after its budget.
+async fn long_pass_phase(p: &Phase<'_>) -> Result<(LongPass, Vec<Check>), String> {
+    let Phase {
+        args,
+        bin,
+        secret,
+        fake,
+        via_fake,
+        moto,
+        tag,
+        hard_deadline,
+    } = *p;
+    let sim = SimServer::start(
+        ([127, 0, 0, 1], 0).into(),
+        SimConfig {
+            app_key: APP_KEY.into(),
+            app_secret: secret.to_owned(),
+            lease: Duration::from_secs(args.lease_secs),
+            seed: args.seed.wrapping_add(2),
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("cannot start the long-pass simulator: {e}"))?;
+    fake.set_rules(Rules::none())?;
+    let res = via_fake.create(&format!("{tag}-l")).await?;
+    let mut fleet = Fleet::new(
+        bin,
+        &sim.gateway_url(),
+        &fake.endpoint(),
+        &res,
+        secret,
+        args.quantity,
+        1,
+    );
+    let started = Instant::now();
+    let mut ticker = Ticker::new(started);
+    let ids: Vec<u64> = sim.generate(None, args.long_pass_messages);
+    let total = ids.len() as u64;
+    fleet.spawn("drain", 3600)?;
+    // Kill it while it holds claims (a batch claimed and not settled), a third of the way in.
+    loop {
+        if Instant::now() >= hard_deadline {
+            return Err("the long pass never held claims to kill it with".into());
+        }
+        fleet.reap().await?;
+        if fleet.running.is_empty() {
+            return Err("the long pass ended before it could be killed".into());
+        }
+        if sim.counters().deliveries >= total / 3
+            && tmc_relay::fakeaws::inspect::live_claims(&via_fake.ddb, &res.table).await? > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if let Some(r) = fleet.running.first_mut() {
+        r.kill_at = Some(Instant::now());
+    }
+    while !fleet.running.is_empty() {
+        fleet.reap().await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed = Instant::now();
+    let at_kill = sim.counters();
+    let mut next_spawn = Instant::now();
+    while Instant::now() < hard_deadline {
+        fleet.reap().await?;
+        let s = sim.counters();
+        if drained(&s) && fleet.running.is_empty() {
+            break;
+        }
+        if fleet.reaped_idle {
+            fleet.reaped_idle = false;
+            next_spawn = Instant::now() + Duration::from_millis(300);
+        }
+        if fleet.running.is_empty() && Instant::now() >= next_spawn && !drained(&s) {
+            fleet.spawn("drain", args.pass_seconds)?;
+        }
+        ticker.tick("long pass killed", &s, ids.len(), &fleet);
+        tokio::time::sleep(TICK).await;
+    }
+    let freed_after = killed.elapsed();
+    let in_relay = queue_bodies(fake, moto, &res.relay_name, &res.relay_url).await?;
+    let mut copies: HashMap<String, u64> = HashMap::new();
+    for b in &in_relay {
+        if let Some(id) = serde_json::from_str::<Value>(b)
+            .ok()
+            .and_then(|v| body_id(&v))
+        {
+            *copies.entry(id).or_default() += 1;
+        }
+    }
+    let state = sim.counters();
+    let sum = |key: &str| fleet.passes.iter().map(|p| p.count(key)).sum::<u64>();
+    let ceiling = tmc_relay::relay::lease::LeasePolicy::default().ceiling;
+    let long = LongPass {
+        messages: total,
+        delivered_at_kill: at_kill.deliveries,
+        confirmed_at_kill: at_kill.confirmed,
+        freed_after_s: secs(freed_after),
+        lease_ceiling_s: ceiling.as_secs(),
+        passes: fleet.passes.len() as u64,
+        held_elsewhere: sum("held_elsewhere"),
+        taken_over: sum("taken_over"),
+        lost: ids
+            .iter()
+            .filter(|id| !copies.contains_key(&id.to_string()))
+            .count() as u64,
+        unconfirmed: state.published.saturating_sub(state.confirmed),
+        copies: copies.values().map(|n| n - 1).sum(),
+    };
+    // One lease at most (the ceiling, however slow the batches), plus TMC's own lease and a
+    // pass's time to see the redelivery.
+    let allowed = ceiling + Duration::from_secs(args.lease_secs + args.pass_seconds);
+    let checks = vec![Check {
+        name: "long_pass_frees_its_messages_within_a_lease",
+        passed: long.lost == 0
+            && long.unconfirmed == 0
+            && long.confirmed_at_kill < total
+            && long.taken_over > 0
+            && freed_after <= allowed,
+        detail: format!(
+            "all {} relayed {:.0} s after SIGKILLing a --max-seconds 3600 pass that had {} \
+             handed out and {} confirmed (allowed {} s): {} redeliveries met its live leases, \
+             {} claims taken over, {} copies, {} lost, {} unconfirmed",
+            total,
+            freed_after.as_secs_f64(),
+            long.delivered_at_kill,
+            long.confirmed_at_kill,
+            allowed.as_secs(),
+            long.held_elsewhere,
+            long.taken_over,
+            long.copies,
+            long.lost,
+            long.unconfirmed,
+        ),
+    }];
+    if let Some(m) = moto {
+        m.delete(&res).await;
+    }
+    sim.shutdown().await;
+    Ok((long, checks))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Text output.
 
@@ -1757,9 +1962,9 @@ impl Outcome {
         let _ = writeln!(
             o,
             "                  bound = {} crashes × {} (loops × (pipeline depth {} + 1) × quantity) \
-             + {} acceptances whose answer the relay never got + {} entries of faulted dedup \
-             record writes (all counted by the harness)",
-            b.crashes, b.per_crash, s.pipeline_depth, b.unanswered_acceptances, b.faulted_record_entries,
+             + {} acceptances whose answer the relay never got + {} dedup writes refused and \
+             never carried out × quantity (all counted by the harness)",
+            b.crashes, b.per_crash, s.pipeline_depth, b.unanswered_acceptances, b.unwritten_record_writes,
         );
         let reasons: Vec<String> = self
             .parked
@@ -1817,12 +2022,35 @@ impl Outcome {
                     && check("concurrency_exercised").unwrap_or(false))
             );
         }
+        if let Some(l) = &self.long_pass {
+            let _ = writeln!(
+                o,
+                "long pass killed  {} messages, a --max-seconds 3600 pass SIGKILLed after {} \
+                 handed out: all relayed {} s later (lease ceiling {} s) in {} passes, {} held \
+                 elsewhere, {} taken over, {} copies, {} lost   {}",
+                l.messages,
+                l.delivered_at_kill,
+                l.freed_after_s,
+                l.lease_ceiling_s,
+                l.passes,
+                l.held_elsewhere,
+                l.taken_over,
+                l.copies,
+                l.lost,
+                ok(check("long_pass_frees_its_messages_within_a_lease").unwrap_or(false))
+            );
+        }
         let tm = &self.time;
         let _ = writeln!(
             o,
             "time              {} s (faults and crashes {} s, clean drain {} s, checks {} s, \
-             concurrency {} s)",
-            tm.total_s, tm.faults_and_crashes_s, tm.clean_drain_s, tm.checks_s, tm.concurrency_s
+             concurrency {} s, long pass {} s)",
+            tm.total_s,
+            tm.faults_and_crashes_s,
+            tm.clean_drain_s,
+            tm.checks_s,
+            tm.concurrency_s,
+            tm.long_pass_s
         );
         for c in self.checks.iter().filter(|c| !c.passed) {
             let _ = writeln!(o, "FAILED            {}: {}", c.name, c.detail);
