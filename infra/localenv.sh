@@ -64,17 +64,20 @@ wait_for_file() {
 
 # start_moto: starts moto on 127.0.0.1 and a free port; exports MOTO_ENDPOINT.
 start_moto() {
-    "$VENV_PY" infra/local.py moto --host 127.0.0.1 --port-file "$RUN_DIR/moto.port" \
-        >"$RUN_DIR/moto.log" 2>&1 &
+    # start_moto [NAME VAR]: a moto named NAME (default moto), its URL exported as VAR
+    # (default MOTO_ENDPOINT).
+    local name=${1:-moto} var=${2:-MOTO_ENDPOINT} url
+    "$VENV_PY" infra/local.py moto --host 127.0.0.1 --port-file "$RUN_DIR/$name.port" \
+        >"$RUN_DIR/$name.log" 2>&1 &
     local pid=$!
     _started_pids+=("$pid")
     watch "$pid"
-    echo "$pid" >"$RUN_DIR/moto.pid"
-    wait_for_file "$RUN_DIR/moto.port" "$pid" moto || return 1
-    MOTO_ENDPOINT="http://127.0.0.1:$(head -n1 "$RUN_DIR/moto.port")"
-    export MOTO_ENDPOINT
-    "$VENV_PY" infra/local.py wait-http "$MOTO_ENDPOINT/moto-api/" --timeout 30 || return 1
-    log "moto is up at $MOTO_ENDPOINT (pid $pid)"
+    echo "$pid" >"$RUN_DIR/$name.pid"
+    wait_for_file "$RUN_DIR/$name.port" "$pid" "$name" || return 1
+    url="http://127.0.0.1:$(head -n1 "$RUN_DIR/$name.port")"
+    export "$var=$url"
+    "$VENV_PY" infra/local.py wait-http "$url/moto-api/" --timeout 30 || return 1
+    log "$name is up at $url (pid $pid)"
 }
 
 # start_ministack: starts ministack (the local AWS that template.yaml is deployed into) on
