@@ -102,14 +102,9 @@ impl App {
         settings.retention = config.retention;
         settings.fifo_group_by = config.fifo_group_by;
         settings.parallelism = config.parallelism;
-        let store = DynamoStore::new(ddb, &config.table);
+        let mut store = DynamoStore::new(ddb, &config.table);
         if custom_dynamodb_endpoint(sdk) {
-            let until = Instant::now() + std::time::Duration::from_secs(10);
-            if !store.probe(until).await {
-                tracing::warn!(
-                    "this DynamoDB endpoint does not model PartiQL INSERT (an emulator such as moto): claiming with one conditional PutItem per message"
-                );
-            }
+            store = store.probe_before_first_claim();
         }
         let relay = Relay::new(
             tmc,

@@ -46,6 +46,9 @@ pub struct DynamoStore {
     insert: String,
     /// Claims go in batches of PartiQL `INSERT`s (true unless the probe said otherwise).
     partiql: Arc<AtomicBool>,
+    /// Probe the endpoint before the first claim (endpoints other than AWS's own).
+    probe_first: bool,
+    probed: Arc<tokio::sync::OnceCell<()>>,
     /// Requests and capacity used, for the report and the cost model.
     pub meter: Arc<Meter>,
 }
@@ -179,8 +182,17 @@ impl DynamoStore {
             ),
             table,
             partiql: Arc::new(AtomicBool::new(true)),
+            probe_first: false,
+            probed: Arc::default(),
             meter: Arc::default(),
         }
+    }
+
+    /// Probes the endpoint (see [`probe`](Self::probe)) before the first claim, not at start:
+    /// a cold start makes no request it does not need.
+    pub fn probe_before_first_claim(mut self) -> Self {
+        self.probe_first = true;
+        self
     }
 
     /// True while claims go in batches of PartiQL `INSERT`s.
@@ -366,6 +378,21 @@ impl DynamoStore {
 }
 
 impl DedupStore for DynamoStore {
+    async fn ready(&self, deadline: Instant) {
+        if !self.probe_first {
+            return;
+        }
+        self.probed
+            .get_or_init(|| async {
+                if !self.probe(deadline).await {
+                    tracing::warn!(
+                        "this DynamoDB endpoint does not model PartiQL INSERT (an emulator such as moto): claiming with one conditional PutItem per message"
+                    );
+                }
+            })
+            .await;
+    }
+
     fn insert_chunk(&self) -> usize {
         if self.batches_claims() {
             INSERT_CHUNK

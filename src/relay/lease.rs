@@ -265,6 +265,7 @@ impl<D: DedupStore> Leases<'_, D> {
     /// Claims `ids` for the batch: inserts first (batched), then decides the ids that met an
     /// item by the records they name, taking over the dead ones.
     pub async fn claim(&self, lease: &BatchLease, ids: &[u64], deadline: Instant) -> Claimed {
+        self.store.ready(deadline).await;
         let mut out = Claimed::default();
         let mut pending: Vec<u64> = ids.to_vec();
         let mut last_error: HashMap<u64, PortError> = HashMap::new();

@@ -734,11 +734,13 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             }
         }
         let mine: HashSet<u64> = decided.mine.into_iter().collect();
-        let mut c = Claims {
-            already_done: decided.done,
-            ..Claims::default()
-        };
+        let done: HashSet<u64> = decided.done.into_iter().collect();
+        let mut c = Claims::default();
+        // In the batch's order, whatever order the store answered in.
         for Valid { id, msg, entry } in valid {
+            if done.contains(&id) {
+                c.already_done.push(id);
+            }
             if !mine.contains(&id) {
                 continue;
             }

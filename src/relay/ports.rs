@@ -284,6 +284,11 @@ pub trait DedupStore: Send + Sync + 'static {
         INSERT_CHUNK
     }
 
+    /// Anything the store must find out before its first claim (once per process).
+    fn ready(&self, _deadline: Instant) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// The request `insert_claims` makes, for flow control and logs.
     fn insert_operation(&self) -> &'static str {
         "BatchExecuteStatement"
