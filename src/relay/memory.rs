@@ -207,13 +207,6 @@ impl Queue for MemoryQueue {
     }
 }
 
-/// One item of the dedup table.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Item {
-    Claim(ClaimItem),
-    Batch(BatchRecord),
-}
-
 /// The dedup table in memory, with the same conditions as the DynamoDB adapter.
 #[derive(Default)]
 pub struct MemoryStore {
