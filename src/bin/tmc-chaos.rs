@@ -1527,7 +1527,6 @@ async fn check(
 /// Four passes at once on one group, with a TMC lease shorter than a batch takes (SQS answers
 /// slowly), no other faults: TMC hands held messages to other passes, which must neither enqueue
 /// nor confirm them.
-#[allow(clippy::too_many_arguments)]
 async fn concurrency_phase(p: &Phase<'_>) -> Result<(Concurrency, Vec<Check>), String> {
     let Phase {
         args,
