@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::client::TopClient;
-use super::envelope::{boolean, list};
+use super::envelope::{boolean, into_list, list};
 use super::error::TopError;
 use super::message::TmcMessage;
 use super::Secret;
@@ -140,10 +140,16 @@ fn check_ids_count(method: &'static str, n: usize, max: usize, what: &str) -> Re
 
 /// The messages of a decoded consume response (any list shape). Pure, so it can be fed
 /// arbitrary bodies; a message with defects is kept with them recorded, never dropped.
-pub fn consume_messages(inner: &Map<String, Value>) -> Result<Vec<TmcMessage>, TopError> {
-    let items = list(inner.get("messages"))
-        .map_err(|r| undecodable(CONSUME, format!("messages: {r}"), inner))?;
-    Ok(items.into_iter().map(TmcMessage::from_value).collect())
+pub fn consume_messages(mut inner: Map<String, Value>) -> Result<Vec<TmcMessage>, TopError> {
+    match into_list(inner.remove("messages")) {
+        Ok(items) => Ok(items.into_iter().map(TmcMessage::from_value).collect()),
+        Err((reason, messages)) => {
+            if let Some(m) = messages {
+                inner.insert("messages".to_owned(), m);
+            }
+            Err(undecodable(CONSUME, format!("messages: {reason}"), &inner))
+        }
+    }
 }
 
 impl TopClient {
@@ -164,7 +170,7 @@ impl TopClient {
         push_group(&mut params, group);
         params.push(("quantity", quantity.to_string()));
         let inner = self.call(CONSUME, &params, None, deadline).await?;
-        consume_messages(&inner)
+        consume_messages(inner)
     }
 
     /// Confirms `ids` in chunks of at most 200; one result per chunk, in order.

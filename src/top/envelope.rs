@@ -165,18 +165,34 @@ pub fn repair_lone_surrogates(body: &[u8]) -> Option<Vec<u8>> {
 /// (simplified), an object wrapping one array by item type (`{"tmc_message":[...]}`), an empty
 /// object, or an object wrapping a single item.
 pub fn list(v: Option<&Value>) -> Result<Vec<Value>, String> {
+    into_list(v.cloned()).map_err(|(why, _)| why)
+}
+
+/// [`list`], taking the value instead of copying its items (consume's up to 200 messages). On
+/// error the value comes back with the reason, so the caller can still quote it.
+pub fn into_list(v: Option<Value>) -> Result<Vec<Value>, (String, Option<Value>)> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(items)) => Ok(items.clone()),
+        Some(Value::Array(items)) => Ok(items),
         Some(Value::Object(o)) if o.is_empty() => Ok(Vec::new()),
         Some(Value::Object(o)) if o.len() == 1 => match o.values().next() {
-            Some(Value::Array(items)) => Ok(items.clone()),
-            Some(Value::Null) => Ok(Vec::new()),
-            Some(item @ Value::Object(_)) => Ok(vec![item.clone()]),
-            Some(other) => Err(format!("list wrapper holds {}", type_name(other))),
+            Some(Value::Array(_) | Value::Null | Value::Object(_)) => {
+                match o.into_iter().next().map(|(_, item)| item) {
+                    Some(Value::Array(items)) => Ok(items),
+                    Some(item @ Value::Object(_)) => Ok(vec![item]),
+                    _ => Ok(Vec::new()),
+                }
+            }
+            Some(other) => Err((
+                format!("list wrapper holds {}", type_name(other)),
+                Some(Value::Object(o)),
+            )),
             None => Ok(Vec::new()),
         },
-        Some(other) => Err(format!("expected a list, got {}", type_name(other))),
+        Some(other) => Err((
+            format!("expected a list, got {}", type_name(&other)),
+            Some(other),
+        )),
     }
 }
 
@@ -244,6 +260,47 @@ mod tests {
                 Vec::<Value>::new(),
                 "{body}"
             );
+        }
+    }
+
+    /// A `messages` of the wrong shape is an error that names the shape and still quotes it;
+    /// the owning reader gives the same lists as the borrowing one.
+    #[test]
+    fn wrong_list_shapes_are_named_and_quoted() {
+        use crate::top::api::consume_messages;
+        for (body, why) in [
+            (r#"{"messages":"nope"}"#, "messages: expected a list, got string"),
+            (
+                r#"{"messages":{"tmc_message":7}}"#,
+                "messages: list wrapper holds number",
+            ),
+        ] {
+            let inner = decode(CONSUME, 200, body.as_bytes()).unwrap();
+            match consume_messages(inner) {
+                Err(TopError::Decode {
+                    reason, body_head, ..
+                }) => {
+                    assert_eq!(reason, why);
+                    assert!(body_head.contains("messages"), "{body_head}");
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        for body in [
+            r#"{"messages":{"tmc_message":{"id":1}}}"#,
+            r#"{"messages":{"tmc_message":[{"id":1},{"id":2}]}}"#,
+            r#"{"messages":[{"id":1}]}"#,
+        ] {
+            let inner = decode(CONSUME, 200, body.as_bytes()).unwrap();
+            let borrowed = list(inner.get("messages")).unwrap();
+            let owned = into_list(inner.get("messages").cloned()).unwrap();
+            assert_eq!(borrowed, owned, "{body}");
+            let ids: Vec<_> = consume_messages(inner)
+                .unwrap()
+                .iter()
+                .map(|m| m.id)
+                .collect();
+            assert_eq!(ids.len(), borrowed.len(), "{body}");
         }
     }
 

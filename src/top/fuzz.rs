@@ -82,7 +82,7 @@ fn consume_body() -> impl Strategy<Value = Value> {
 
 fn check_decoded(status: u16, body: &[u8]) {
     if let Ok(inner) = decode(CONSUME, status, body) {
-        if let Ok(msgs) = consume_messages(&inner) {
+        if let Ok(msgs) = consume_messages(inner) {
             for m in msgs {
                 match m.id {
                     Some(id) => {
