@@ -90,6 +90,9 @@ struct Args {
     /// RELAY_PARALLELISM for every run (experiments; the deployed default otherwise).
     #[arg(long)]
     parallelism: Option<usize>,
+    /// Keep the callgrind profiles here (`callgrind.<n>.out`, for `callgrind_annotate`).
+    #[arg(long)]
+    profile_dir: Option<PathBuf>,
 }
 
 /// The parts of the bench.
@@ -522,8 +525,8 @@ async fn bench(args: &Args) -> Result<(), String> {
     if only(Section::Callgrind) {
         progress("callgrind (valgrind runs the relay ~50× slower)");
         let n = plan.callgrind;
-        let i1 = stand.callgrind_run(&bins.relay, n).await?;
-        let i2 = stand.callgrind_run(&bins.relay, 2 * n).await?;
+        let i1 = stand.callgrind_run(&bins.relay, n, args.profile_dir.as_deref()).await?;
+        let i2 = stand.callgrind_run(&bins.relay, 2 * n, args.profile_dir.as_deref()).await?;
         let per = i2.saturating_sub(i1) as f64 / n as f64;
         instr_per_msg = Some(per);
         notes.push(
@@ -1377,8 +1380,13 @@ impl Stand {
     }
 
     /// Instructions `tmc-relay run` executes relaying `n` generated messages, under callgrind,
-    /// with no injected latency.
-    async fn callgrind_run(&self, bin: &Path, n: usize) -> Result<u64, String> {
+    /// with no injected latency; the profile is kept in `keep` when given.
+    async fn callgrind_run(
+        &self,
+        bin: &Path,
+        n: usize,
+        keep: Option<&Path>,
+    ) -> Result<u64, String> {
         self.set_latency(false).await?;
         let names = self.fresh().await?;
         self.generate(&names.group, n).await?;
@@ -1406,6 +1414,16 @@ impl Stand {
         .await
         .map_err(|e| e.to_string())??;
         let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(keep) = keep {
+            std::fs::create_dir_all(keep)
+                .and_then(|()| {
+                    std::fs::copy(
+                        dir.join("callgrind.out"),
+                        keep.join(format!("callgrind.{n}.out")),
+                    )
+                })
+                .map_err(|e| format!("cannot keep the profile in {}: {e}", keep.display()))?;
+        }
         let _ = std::fs::remove_dir_all(&dir);
         self.set_latency(true).await?;
         check_json(&String::from_utf8_lossy(&out.stdout), n)?;
