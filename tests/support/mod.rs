@@ -45,7 +45,9 @@ pub fn ministack() -> String {
     })
 }
 
-/// AWS configuration pointing at `endpoint` with dummy credentials.
+/// AWS configuration pointing at `endpoint` with dummy credentials. The attempt timeout is a
+/// hang bound, not a speed bound: a `ReceiveMessage` on a deep moto queue beside a build took
+/// over 10 s. (The relay sets its own timeouts on top of this configuration.)
 pub async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
@@ -54,7 +56,7 @@ pub async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(2))
-                .operation_attempt_timeout(Duration::from_secs(10))
+                .operation_attempt_timeout(Duration::from_secs(300))
                 .build(),
         )
         .load()
@@ -199,7 +201,8 @@ impl Env {
             .unwrap_or(0)
     }
 
-    /// Receives (without deleting) up to `n` messages, hidden for five minutes.
+    /// Receives (without deleting) up to `n` messages, hidden for 12 hours (SQS's most), so a
+    /// slow read of a deep queue never sees a message twice.
     pub async fn receive(&self, url: &str, n: usize) -> Vec<Received> {
         let mut out = Vec::new();
         while out.len() < n {
@@ -210,7 +213,7 @@ impl Env {
                 .max_number_of_messages(10)
                 .message_attribute_names("All")
                 .message_system_attribute_names(MessageSystemAttributeName::All)
-                .visibility_timeout(300)
+                .visibility_timeout(43_200)
                 .send()
                 .await
                 .unwrap();
