@@ -225,13 +225,11 @@ pub fn parking_entry(
 /// `size_hint` is the expected length: the buffer is allocated once instead of regrown.
 pub fn sqs_safe_json<T: Serialize>(value: &T, size_hint: usize) -> String {
     let mut buf = Vec::with_capacity(size_hint);
-    let s = match serde_json::to_writer(&mut buf, value) {
+    let s = serde_json::to_writer(&mut buf, value)
+        .map_err(|e| e.to_string())
         // serde_json writes only UTF-8.
-        Ok(()) => String::from_utf8(buf).unwrap_or_else(|e| {
-            format!("{{\"serialisation_error\":{:?}}}", e.to_string())
-        }),
-        Err(e) => format!("{{\"serialisation_error\":{:?}}}", e.to_string()),
-    };
+        .and_then(|()| String::from_utf8(buf).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| format!("{{\"serialisation_error\":{e:?}}}"));
     if !s.contains(['\u{FFFE}', '\u{FFFF}']) {
         return s;
     }
