@@ -525,15 +525,19 @@ async fn bench(args: &Args) -> Result<(), String> {
     if only(Section::Callgrind) {
         progress("callgrind (valgrind runs the relay ~50× slower)");
         let n = plan.callgrind;
-        let i1 = stand.callgrind_run(&bins.relay, n, args.profile_dir.as_deref()).await?;
-        let i2 = stand.callgrind_run(&bins.relay, 2 * n, args.profile_dir.as_deref()).await?;
+        let i1 = stand
+            .callgrind_run(&bins.relay, n, args.profile_dir.as_deref())
+            .await?;
+        let i2 = stand
+            .callgrind_run(&bins.relay, 2 * n, args.profile_dir.as_deref())
+            .await?;
         let per = i2.saturating_sub(i1) as f64 / n as f64;
         instr_per_msg = Some(per);
         notes.push(
             "Callgrind: valgrind hides SHA-NI, so the SHA-256 of the SDK's SigV4 signatures runs \
-             the portable code under it (about a quarter of the instructions counted); natively \
-             and on Graviton it runs in hardware. The rest is mostly the SDK's per-request \
-             orchestration, malloc/free and JSON."
+             the portable code under it (about 30% of the instructions counted); natively and on \
+             Graviton it runs in hardware. The rest is mostly malloc/free, JSON and the SDK's \
+             per-request orchestration (--profile-dir keeps the profiles)."
                 .to_owned(),
         );
         t.row(

@@ -269,7 +269,10 @@ mod tests {
     fn wrong_list_shapes_are_named_and_quoted() {
         use crate::top::api::consume_messages;
         for (body, why) in [
-            (r#"{"messages":"nope"}"#, "messages: expected a list, got string"),
+            (
+                r#"{"messages":"nope"}"#,
+                "messages: expected a list, got string",
+            ),
             (
                 r#"{"messages":{"tmc_message":7}}"#,
                 "messages: list wrapper holds number",
