@@ -119,8 +119,11 @@ async fn an_overloaded_aws_costs_time_not_copies() {
         claims.mean_in_flight(),
         report.flow
     );
+    // 4x the capacity: on a loaded machine the stand-in's own workers run slower than their
+    // nominal latency, so requests wait at the server without the relay sending more (a run
+    // beside a build saw 6.8 for SQS). The ceiling is 32; a relay ignoring the server reaches it.
     assert!(
-        sends.mean_in_flight() <= 3.0 * 2.0 && claims.mean_in_flight() <= 3.0 * 4.0,
+        sends.mean_in_flight() <= 4.0 * 2.0 && claims.mean_in_flight() <= 4.0 * 4.0,
         "the relay kept the requests in flight near the capacity: {stats:?}"
     );
     assert!(
