@@ -33,10 +33,10 @@ main() {
     use_dummy_aws
     local services=1
     start_moto || { results+=("FAILED  start moto"); failed=1; services=0; }
-    # A moto of its own for the test that fills a queue thousands deep: moto serves one
-    # request at a time and slows with depth, which would starve every other test's requests.
-    start_moto moto-deep MOTO_DEEP_ENDPOINT \
-        || { results+=("FAILED  start moto-deep"); failed=1; services=0; }
+    # A moto of its own for the test that relays thousands of messages: moto serves one
+    # request at a time, so that test's requests would queue ahead of every other test's.
+    start_moto moto-bulk MOTO_BULK_ENDPOINT \
+        || { results+=("FAILED  start moto-bulk"); failed=1; services=0; }
     # Without ministack the stack test fails below (MINISTACK_ENDPOINT unset): never skipped.
     start_ministack || { results+=("FAILED  start ministack"); failed=1; }
     step "cargo build --bins" cargo build --bins

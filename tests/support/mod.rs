@@ -29,11 +29,12 @@ pub fn moto() -> String {
     })
 }
 
-/// A moto of its own for the test that fills a queue thousands deep (moto serves one request
-/// at a time and slows with depth, starving the others), exported by `make test`.
-pub fn moto_deep() -> String {
-    std::env::var("MOTO_DEEP_ENDPOINT").unwrap_or_else(|_| {
-        panic!("MOTO_DEEP_ENDPOINT is not set: run the end-to-end tests with `make test`, which starts it")
+/// A moto of its own for the test that relays thousands of messages: moto serves one request
+/// at a time, so its few thousand requests would queue ahead of every other test's. Exported
+/// by `make test`.
+pub fn moto_bulk() -> String {
+    std::env::var("MOTO_BULK_ENDPOINT").unwrap_or_else(|_| {
+        panic!("MOTO_BULK_ENDPOINT is not set: run the end-to-end tests with `make test`, which starts it")
     })
 }
 
@@ -230,36 +231,45 @@ impl Env {
         let mut out = Vec::new();
         let mut empty = 0;
         while empty < 2 {
-            let r = self
-                .sqs
-                .receive_message()
-                .queue_url(url)
-                .max_number_of_messages(10)
-                .message_attribute_names("All")
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .visibility_timeout(300)
-                .send()
-                .await
-                .unwrap();
-            let msgs = r.messages();
-            if msgs.is_empty() {
+            let got = receive_and_delete(&self.sqs, url).await;
+            if got.is_empty() {
                 empty += 1;
-                continue;
             }
-            let mut del = self.sqs.delete_message_batch().queue_url(url);
-            for (i, m) in msgs.iter().enumerate() {
-                out.push(received(m));
-                del = del.entries(
-                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(m.receipt_handle().unwrap_or_default())
-                        .build()
-                        .unwrap(),
-                );
-            }
-            del.send().await.unwrap();
+            out.extend(got);
         }
         out
+    }
+
+    /// Starts `readers` consumers that read and delete a queue's messages as they arrive, the
+    /// way an SQS consumer fleet keeps a queue shallow; `Consumer::finish` returns every
+    /// message they read, once each (by SQS message id: like SQS, moto may hand one message to
+    /// two concurrent readers).
+    pub fn consume_as_they_come(&self, url: &str, readers: usize) -> Consumer {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks = (0..readers.max(1))
+            .map(|_| {
+                let (sqs, url, mut stopped) = (self.sqs.clone(), url.to_owned(), stopped.clone());
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    loop {
+                        // Told to stop before this read began: an empty read means all was read.
+                        let last = *stopped.borrow();
+                        let got = receive_and_delete(&sqs, &url).await;
+                        if got.is_empty() {
+                            if last {
+                                return out;
+                            }
+                            // Nothing yet: wait a little, or until told the sender is done.
+                            let _ =
+                                tokio::time::timeout(Duration::from_millis(200), stopped.changed())
+                                    .await;
+                        }
+                        out.extend(got);
+                    }
+                })
+            })
+            .collect();
+        Consumer { stop, tasks }
     }
 
     /// What the dedup table says of an id: `done` (in its batch's receipt: SQS or the
@@ -308,8 +318,67 @@ impl Env {
     }
 }
 
+/// One receive of up to 10 messages (hidden for 5 minutes), each deleted once read.
+async fn receive_and_delete(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Received> {
+    let r = sqs
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .message_attribute_names("All")
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .visibility_timeout(300)
+        .send()
+        .await
+        .unwrap();
+    let msgs = r.messages();
+    if msgs.is_empty() {
+        return Vec::new();
+    }
+    let mut del = sqs.delete_message_batch().queue_url(url);
+    for (i, m) in msgs.iter().enumerate() {
+        del = del.entries(
+            aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .build()
+                .unwrap(),
+        );
+    }
+    let deleted = del.send().await.unwrap();
+    assert!(
+        deleted.failed().is_empty(),
+        "deletes failed: {:?}",
+        deleted.failed()
+    );
+    msgs.iter().map(received).collect()
+}
+
+/// A consumer reading a queue in the background (`Env::consume_as_they_come`).
+pub struct Consumer {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Received>>>,
+}
+
+impl Consumer {
+    /// Reads what is left until the queue is empty, stops, and returns every message read.
+    pub async fn finish(self) -> Vec<Received> {
+        let _ = self.stop.send(true);
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for t in self.tasks {
+            for m in t.await.unwrap() {
+                if seen.insert(m.message_id.clone()) {
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+}
+
 fn received(m: &aws_sdk_sqs::types::Message) -> Received {
     Received {
+        message_id: m.message_id().unwrap_or_default().to_owned(),
         body: m.body().unwrap_or_default().to_owned(),
         attributes: m
             .message_attributes()
@@ -333,6 +402,9 @@ fn received(m: &aws_sdk_sqs::types::Message) -> Received {
 /// A message read back from SQS.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// SQS's id of the stored message: a repeated delivery of one message has the same one, a
+    /// second enqueue a new one.
+    pub message_id: String,
     pub body: String,
     pub attributes: HashMap<String, String>,
     /// System attributes (MessageGroupId, MessageDeduplicationId...).
