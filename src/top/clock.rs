@@ -24,15 +24,97 @@ pub fn wire_timestamp(at: SystemTime) -> String {
 
 /// Parses a wire time (`yyyy-MM-dd HH:mm:ss`, GMT+8) into an instant.
 pub fn parse_wire_time(s: &str) -> Option<SystemTime> {
-    let t = PrimitiveDateTime::parse(s.trim(), WIRE).ok()?;
+    let s = s.trim();
+    if let Some(t) = WireTime::parse(s) {
+        return Some(t.instant());
+    }
+    let t = PrimitiveDateTime::parse(s, WIRE).ok()?;
     Some(t.assume_offset(GMT8).into())
 }
 
 /// Turns a `pub_time` into RFC 3339 with an explicit `+08:00`, or `None` when it is not a
 /// wire time.
 pub fn pub_time_rfc3339(s: &str) -> Option<String> {
-    let t = PrimitiveDateTime::parse(s.trim(), WIRE).ok()?;
+    let s = s.trim();
+    if WireTime::parse(s).is_some() {
+        // Already zero-padded digits in place: only the separator and the offset change.
+        return Some(format!("{}T{}+08:00", &s[..10], &s[11..]));
+    }
+    let t = PrimitiveDateTime::parse(s, WIRE).ok()?;
     t.assume_offset(GMT8).format(RFC3339_SECONDS).ok()
+}
+
+/// A wire time in its usual form, exactly `dddd-dd-dd dd:dd:dd` with a real calendar date: read
+/// without the general parser, which costs more than the rest of a message's body. Other
+/// forms the `time` crate accepts (a signed year) go to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WireTime {
+    year: i64,
+    month: i64,
+    day: i64,
+    secs_of_day: i64,
+}
+
+impl WireTime {
+    fn parse(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() != 19
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b' '
+            || b[13] != b':'
+            || b[16] != b':'
+        {
+            return None;
+        }
+        let num = |from: usize, to: usize| -> Option<i64> {
+            b[from..to].iter().try_fold(0i64, |n, &c| {
+                c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+            })
+        };
+        let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+        let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let days_in_month = match month {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if leap => 29,
+            2 => 28,
+            _ => return None,
+        };
+        if !(1..=days_in_month).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+        Some(Self {
+            year,
+            month,
+            day,
+            secs_of_day: hour * 3600 + minute * 60 + second,
+        })
+    }
+
+    /// The instant, reading the time as GMT+8.
+    fn instant(self) -> SystemTime {
+        let secs = days_from_civil(self.year, self.month, self.day) * 86_400 + self.secs_of_day
+            - i64::from(GMT8.whole_seconds());
+        let d = Duration::from_secs(secs.unsigned_abs());
+        if secs >= 0 {
+            UNIX_EPOCH + d
+        } else {
+            UNIX_EPOCH - d
+        }
+    }
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Milliseconds since the Unix epoch (saturating at zero before it).
@@ -68,6 +150,59 @@ mod tests {
     fn crosses_the_date_line() {
         // 2021-01-28 16:00:00 UTC
         assert_eq!(wire_timestamp(at(1_611_849_600)), "2021-01-29 00:00:00");
+    }
+
+    /// The general parser's answer for a wire time, to hold the fast path to.
+    fn by_the_time_crate(s: &str) -> (Option<SystemTime>, Option<String>) {
+        let t = PrimitiveDateTime::parse(s.trim(), WIRE).ok();
+        (
+            t.map(|t| t.assume_offset(GMT8).into()),
+            t.and_then(|t| t.assume_offset(GMT8).format(RFC3339_SECONDS).ok()),
+        )
+    }
+
+    proptest::proptest! {
+        /// Times in the wire's shape (valid or not: month 13, February 29th, second 60, year
+        /// 0000) give the same instant and text as the `time` crate, and so does any string.
+        #[test]
+        fn the_fast_path_agrees_with_the_time_crate(
+            y in 0u32..10_000, mo in 0u32..14, d in 0u32..33,
+            h in 0u32..25, mi in 0u32..61, se in 0u32..61,
+            other in "[-+ 0-9:T]{0,22}",
+        ) {
+            let s = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{se:02}");
+            for s in [s.as_str(), other.as_str()] {
+                proptest::prop_assert_eq!(
+                    (parse_wire_time(s), pub_time_rfc3339(s)),
+                    by_the_time_crate(s),
+                    "{:?}", s
+                );
+            }
+        }
+    }
+
+    /// Leap days, centuries and the years before 1970 are placed as the calendar says.
+    #[test]
+    fn leap_days_and_early_years() {
+        for s in [
+            "2000-02-29 23:59:59",
+            "1900-03-01 00:00:00",
+            "1969-12-31 23:59:59",
+            "0000-01-01 00:00:00",
+            "9999-12-31 23:59:59",
+        ] {
+            assert_eq!(
+                (parse_wire_time(s), pub_time_rfc3339(s)),
+                by_the_time_crate(s),
+                "{s}"
+            );
+            assert!(parse_wire_time(s).is_some(), "{s}");
+        }
+        assert_eq!(parse_wire_time("1900-02-29 00:00:00"), None);
+        assert_eq!(
+            parse_wire_time(" 2016-01-01 12:00:00\n"),
+            Some(at(1_451_620_800))
+        );
     }
 
     /// Wire times parse back to the same instant and render as RFC 3339 with +08:00.
