@@ -21,13 +21,25 @@ pub struct TmcMessage {
     /// The seller's user id, exact.
     pub user_id: Option<u64>,
     pub user_nick: Option<String>,
-    /// The message as received (re-serialised), so a parked message keeps its original fields.
-    pub raw: Value,
+    /// The message as received, less the text fields moved into the fields above (moved, not
+    /// copied: every message passes through here); [`TmcMessage::original`] puts them back.
+    rest: Value,
 }
+
+/// The text fields moved out of the received object.
+const MOVED: [&str; 4] = ["topic", "content", "pub_time", "user_nick"];
 
 impl TmcMessage {
     /// Reads one message object. Never fails: defects are recorded in the fields.
-    pub fn from_value(v: Value) -> TmcMessage {
+    pub fn from_value(mut v: Value) -> TmcMessage {
+        let mut take = |name: &str| match v.as_object_mut() {
+            Some(o) if o.get(name).is_some_and(Value::is_string) => match o.remove(name) {
+                Some(Value::String(s)) => Some(s),
+                _ => None,
+            },
+            _ => None,
+        };
+        let [topic, content, pub_time, user_nick] = MOVED.map(&mut take);
         let obj = v.as_object();
         let field = |name: &str| obj.and_then(|o| o.get(name)).filter(|v| !v.is_null());
         let (id, id_problem) = match field("id").map(parse_id) {
@@ -35,18 +47,34 @@ impl TmcMessage {
             Some(Ok(id)) => (Some(id), None),
             Some(Err(why)) => (None, Some(why)),
         };
-        let text = |name: &str| field(name).and_then(|v| v.as_str()).map(str::to_owned);
+        let pub_app_key = field("pub_app_key").and_then(scalar_text);
+        let user_id = field("user_id").and_then(|v| parse_u64(v).ok());
         TmcMessage {
             id,
             id_problem,
-            topic: text("topic"),
-            content: text("content"),
-            pub_time: text("pub_time"),
-            pub_app_key: field("pub_app_key").and_then(scalar_text),
-            user_id: field("user_id").and_then(|v| parse_u64(v).ok()),
-            user_nick: text("user_nick"),
-            raw: v,
+            topic,
+            content,
+            pub_time,
+            pub_app_key,
+            user_id,
+            user_nick,
+            rest: v,
         }
+    }
+
+    /// The message as received (re-serialised), so a parked message keeps its original
+    /// fields, with the text fields as they are now.
+    pub fn original(&self) -> Value {
+        let mut v = self.rest.clone();
+        if let Some(o) = v.as_object_mut() {
+            let fields = [&self.topic, &self.content, &self.pub_time, &self.user_nick];
+            for (name, field) in MOVED.iter().zip(fields) {
+                if let Some(text) = field {
+                    o.insert((*name).to_owned(), Value::String(text.clone()));
+                }
+            }
+        }
+        v
     }
 
     /// The id as the exact decimal string that is stored, forwarded and confirmed.
@@ -198,6 +226,19 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("\"num_iid\":15380658823"));
+    }
+
+    /// What a parking record keeps is the message as received, whatever the field types.
+    #[test]
+    fn the_original_is_what_was_received() {
+        for v in [
+            serde_json::json!({"id": 7104300007405429232u64, "topic": "t", "content": "{\"a\":1}", "pub_time": "2013-10-05 10:55:58", "user_nick": "店", "user_id": 5, "pub_app_key": 12, "extra": [1]}),
+            serde_json::json!({"id": "x", "topic": 5, "content": null, "user_nick": {"a": "b"}}),
+            serde_json::json!("not an object"),
+            serde_json::json!([{"topic": "t"}]),
+        ] {
+            assert_eq!(TmcMessage::from_value(v.clone()).original(), v);
+        }
     }
 
     /// Missing and null fields become None; a missing id says so.
