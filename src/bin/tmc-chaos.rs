@@ -55,9 +55,9 @@ const CONCURRENCY_LEASE: Duration = Duration::from_secs(1);
 const CONCURRENCY_SQS_LATENCY_MS: u64 = 1500;
 /// Each pass's budget in the concurrency phase (long: a pass only ends at an empty poll).
 const CONCURRENCY_PASS_SECONDS: u64 = 30;
-/// The dedup write of a batch's receipt (and its lease, and takeovers): a receipt that is
-/// never written leaves its batch unconfirmed, and each of its messages may come back as a
-/// copy.
+/// The dedup write of a batch's receipt (and of its lease, and of takeovers): a receipt that
+/// is never written leaves its batch unconfirmed, and each message it lists may come back as a
+/// copy. A lease or a takeover that is never written sends nothing.
 const RECORD_WRITE: &str = "PutItem";
 /// At most this many rounds of the concurrency phase, until the race it needs happened.
 const CONCURRENCY_ROUNDS: usize = 3;
@@ -292,6 +292,20 @@ struct Duplicates {
     bound: Bound,
 }
 
+/// The messages a refused `PutItem` body lists as accepted or held, when it is a batch's
+/// receipt (`settled`); `None` for the other dedup writes.
+fn receipt_listed(body: &Value) -> Option<u64> {
+    let item = body.get("Item")?;
+    item.get("settled")?;
+    let listed = |name: &str| {
+        item.get(name)
+            .and_then(|a| a.get("NS"))
+            .and_then(Value::as_array)
+            .map_or(0, |ns| ns.len() as u64)
+    };
+    Some(listed("accepted") + listed("held"))
+}
+
 /// The most extra copies the events of the run can explain, every term counted by the harness
 /// itself (its SIGKILLs, fake-aws's log and fault counts), never taken from the relay's own
 /// output. A copy beyond the first needs an acceptance the dedup table did not record before
@@ -301,16 +315,17 @@ struct Duplicates {
 ///   loops × (depth + 1) × quantity;
 /// - an acceptance whose answer the relay never got (a lost response, or a request the relay
 ///   stopped waiting for): one extra copy each, from fake-aws's acceptance log;
-/// - a dedup write fake-aws refused whole and that was never carried out afterwards (a
-///   receipt given up on): a batch's worth of copies each, quantity.
+/// - a batch receipt fake-aws refused whole and that was never carried out afterwards (given
+///   up on): one copy of each message it lists as accepted or held. (A refused lease or
+///   takeover sends nothing: no copy.)
 #[derive(Debug, Default, Serialize)]
 struct Bound {
     total: u64,
     crashes: u64,
     per_crash: u64,
     unanswered_acceptances: u64,
-    unwritten_record_writes: u64,
-    record_allowance: u64,
+    unwritten_receipts: u64,
+    receipt_allowance: u64,
 }
 
 /// The parking queue.
@@ -1381,17 +1396,21 @@ async fn check(
         .sum();
     let depth = RelaySettings::default().pipeline_depth as u64;
     let per_crash = u64::from(args.loops) * (depth + 1) * u64::from(args.quantity);
-    let stats = fake.stats();
-    let records = stats.op(RECORD_WRITE);
+    let receipts: Vec<u64> = fake
+        .unrecovered(RECORD_WRITE)
+        .iter()
+        .filter_map(receipt_listed)
+        .collect();
     let mut bound = Bound {
         crashes: u64::from(fleet.crashes),
         per_crash,
         unanswered_acceptances: lost_entries,
-        unwritten_record_writes: records.unrecovered,
-        record_allowance: records.unrecovered * u64::from(args.quantity),
+        unwritten_receipts: receipts.len() as u64,
+        receipt_allowance: receipts.iter().sum(),
         total: 0,
     };
-    bound.total = bound.crashes * per_crash + bound.unanswered_acceptances + bound.record_allowance;
+    bound.total =
+        bound.crashes * per_crash + bound.unanswered_acceptances + bound.receipt_allowance;
 
     let mut relay_counts: BTreeMap<String, u64> = BTreeMap::new();
     for p in fleet.passes.iter().filter(|p| p.report.is_some()) {
@@ -1961,9 +1980,14 @@ impl Outcome {
         let _ = writeln!(
             o,
             "                  bound = {} crashes × {} (loops × (pipeline depth {} + 1) × quantity) \
-             + {} acceptances whose answer the relay never got + {} dedup writes refused and \
-             never carried out × quantity (all counted by the harness)",
-            b.crashes, b.per_crash, s.pipeline_depth, b.unanswered_acceptances, b.unwritten_record_writes,
+             + {} acceptances whose answer the relay never got + {} messages listed in {} batch \
+             receipts refused and never carried out (all counted by the harness)",
+            b.crashes,
+            b.per_crash,
+            s.pipeline_depth,
+            b.unanswered_acceptances,
+            b.receipt_allowance,
+            b.unwritten_receipts,
         );
         let reasons: Vec<String> = self
             .parked
@@ -2060,5 +2084,27 @@ impl Outcome {
             if self.passed { "PASS" } else { "FAIL" }
         );
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A receipt's accepted and held messages count; a lease, a takeover or an empty receipt
+    /// allow no copies.
+    #[test]
+    fn only_receipts_allow_copies() {
+        let receipt = json!({"TableName": "t", "Item": {"pk": {"S": "b#x"}, "settled": {"BOOL": true},
+            "accepted": {"NS": ["1", "2", "3"]}, "held": {"NS": ["4"]}}});
+        assert_eq!(receipt_listed(&receipt), Some(4));
+        let empty = json!({"Item": {"pk": {"S": "b#y"}, "settled": {"BOOL": true}}});
+        assert_eq!(receipt_listed(&empty), Some(0));
+        let lease = json!({"Item": {"pk": {"S": "b#z"}, "lease_until": {"N": "5"}}});
+        assert_eq!(receipt_listed(&lease), None);
+        let takeover =
+            json!({"Item": {"pk": {"S": "7"}, "b": {"S": "z"}}, "ConditionExpression": "b = :old"});
+        assert_eq!(receipt_listed(&takeover), None);
     }
 }

@@ -191,6 +191,12 @@ impl FakeAws {
         self.shared.accepted()
     }
 
+    /// The bodies of the `op` requests refused whole (throttling, 500) whose identical request
+    /// was not carried out since: writes that may never have happened.
+    pub fn unrecovered(&self, op: &str) -> Vec<serde_json::Value> {
+        self.shared.unrecovered(op)
+    }
+
     /// Requests and injected faults, by operation.
     pub fn stats(&self) -> FaultStats {
         self.shared.stats()

@@ -55,9 +55,9 @@ pub(crate) struct Shared {
     pub pools: Mutex<HashMap<(String, u32), Arc<tokio::sync::Semaphore>>>,
     /// Requests inside fake-aws now, per operation.
     pub in_flight: Mutex<HashMap<String, u64>>,
-    /// Requests refused whole (throttling, 500) and not carried out since, by operation:
-    /// digests of their canonical JSON bodies.
-    pub refused: Mutex<HashMap<String, std::collections::HashSet<u64>>>,
+    /// Requests refused whole (throttling, 500) and not carried out since, by operation: their
+    /// bodies, by the digest of their canonical JSON.
+    pub refused: Mutex<HashMap<String, HashMap<u64, Value>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -83,6 +83,14 @@ impl Shared {
         lock(&self.accepted).clone()
     }
 
+    /// The bodies of the `op` requests refused whole and not carried out since.
+    pub fn unrecovered(&self, op: &str) -> Vec<Value> {
+        lock(&self.refused)
+            .get(op)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Notes a request refused whole (`refused`), or carried out: a refused request whose
     /// identical retry was carried out since is recovered.
     fn note_refusal(&self, op: &str, body: Option<&Value>, refused: bool) {
@@ -98,9 +106,9 @@ impl Shared {
             let mut all = lock(&self.refused);
             let set = all.entry(op.to_owned()).or_default();
             if refused {
-                set.insert(digest)
+                set.insert(digest, b.clone()).is_none()
             } else {
-                set.remove(&digest)
+                set.remove(&digest).is_some()
             }
         };
         if changed {
