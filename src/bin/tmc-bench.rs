@@ -535,7 +535,7 @@ async fn bench(args: &Args) -> Result<(), String> {
         instr_per_msg = Some(per);
         notes.push(
             "Callgrind: valgrind hides SHA-NI, so the SHA-256 of the SDK's SigV4 signatures runs \
-             the portable code under it (about 30% of the instructions counted); natively and on \
+             the portable code under it (about a third of the instructions counted); natively and on \
              Graviton it runs in hardware. The rest is mostly malloc/free, JSON and the SDK's \
              per-request orchestration (--profile-dir keeps the profiles)."
                 .to_owned(),
