@@ -207,21 +207,11 @@ impl Env {
     pub async fn receive(&self, url: &str, n: usize) -> Vec<Received> {
         let mut out = Vec::new();
         while out.len() < n {
-            let r = self
-                .sqs
-                .receive_message()
-                .queue_url(url)
-                .max_number_of_messages(10)
-                .message_attribute_names("All")
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .visibility_timeout(43_200)
-                .send()
-                .await
-                .unwrap();
-            if r.messages().is_empty() {
+            let got = receive_ten(&self.sqs, url, 43_200).await;
+            if got.is_empty() {
                 break;
             }
-            out.extend(r.messages().iter().map(received));
+            out.extend(got.iter().map(received));
         }
         out
     }
@@ -318,19 +308,28 @@ impl Env {
     }
 }
 
-/// One receive of up to 10 messages (hidden for 5 minutes), each deleted once read.
-async fn receive_and_delete(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Received> {
-    let r = sqs
-        .receive_message()
+/// One receive of up to 10 messages with all their attributes, hidden for `visibility` seconds.
+async fn receive_ten(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    visibility: i32,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    sqs.receive_message()
         .queue_url(url)
         .max_number_of_messages(10)
         .message_attribute_names("All")
         .message_system_attribute_names(MessageSystemAttributeName::All)
-        .visibility_timeout(300)
+        .visibility_timeout(visibility)
         .send()
         .await
-        .unwrap();
-    let msgs = r.messages();
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+}
+
+/// One receive of up to 10 messages (hidden for 5 minutes), each deleted once read.
+async fn receive_and_delete(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Received> {
+    let msgs = receive_ten(sqs, url, 300).await;
     if msgs.is_empty() {
         return Vec::new();
     }
