@@ -231,6 +231,14 @@ impl Limiter {
             .map_or(deadline, |t| t.min(deadline))
     }
 
+    /// TCP's retransmission timeout of the observed latency (smoothed latency plus four
+    /// deviations); `None` before the first answer.
+    pub fn rto(&self) -> Option<Duration> {
+        let st = self.lock();
+        st.srtt
+            .map(|srtt| srtt.saturating_add(st.rttvar.saturating_mul(4)))
+    }
+
     /// The attempt timeout before the caller's deadline caps it.
     pub fn timeout(&self) -> Duration {
         timeout_of(&self.lock(), &self.cfg)

@@ -12,7 +12,7 @@ use crate::relay::ports::{Outgoing, Queue};
 use crate::relay::tests::{
     assert_confirmed_after_acceptance, batch, confirmed, msg, opts, TestRelay,
 };
-use crate::relay::{Relay, RelaySettings};
+use crate::relay::{PassOptions, Relay, RelaySettings};
 
 const NOW: u64 = 1_795_300_000_000;
 const LEASE: Duration = Duration::from_secs(60);
@@ -395,4 +395,50 @@ async fn the_heartbeat_keeps_a_slow_batch_alive() {
         clock.now_ms()
     );
     assert!(store.requests_of("renew") >= 14);
+}
+
+/// The pass runs out of time while SQS is slow: its sends stop in time for the receipt, so
+/// what SQS accepted is confirmed and what was in flight is held, instead of the whole batch
+/// coming back as copies. Its redelivery sends only what was in flight, after the hold.
+#[tokio::test(start_paused = true)]
+async fn a_pass_out_of_time_still_writes_its_receipt() {
+    let clock = Clock::manual(NOW);
+    let (r, log) = relay_on(&clock, MemoryStore::new());
+    // One request at a time, 2 s each: 25 messages take 6 s; the pass has 5.5 s, so the
+    // third request is still in flight when the pass ends.
+    *r.queue.latency.lock().unwrap() = Duration::from_secs(2);
+    *r.queue.workers.lock().unwrap() = Some(Arc::new(tokio::sync::Semaphore::new(1)));
+    *r.store.latency.lock().unwrap() = Duration::from_millis(50);
+    r.tmc.push(Ok((1..=25).map(msg).collect()));
+    let rep = r
+        .run(PassOptions {
+            deadline: Instant::now() + Duration::from_millis(5500),
+            ..opts()
+        })
+        .await;
+    let c = &rep.counts;
+    assert_eq!((c.enqueued, c.confirmed, c.unsettled), (20, 20, 0), "{c:?}");
+    assert_eq!(c.unknown_outcome, 5, "{c:?}");
+    assert_eq!(confirmed(&log), (1..=20).collect::<Vec<_>>());
+    assert_confirmed_after_acceptance(&log);
+
+    *r.queue.latency.lock().unwrap() = Duration::ZERO;
+    clock.advance(LEASE + Duration::from_secs(1));
+    r.tmc.push(Ok((1..=25).map(msg).collect()));
+    let rep = r.run(opts()).await;
+    assert_eq!(
+        (
+            rep.counts.duplicates,
+            rep.counts.taken_over,
+            rep.counts.enqueued
+        ),
+        (20, 5, 5)
+    );
+    let sent = r.queue.ids();
+    assert_eq!(
+        sent.len(),
+        30,
+        "one copy of each of the 5 in flight, none of the 20"
+    );
+    assert_eq!(confirmed(&log).len(), 45);
 }

@@ -185,6 +185,9 @@ impl LoopEnd {
     }
 }
 
+/// The least and the most time kept back for a batch's receipt (see `receipt_reserve`).
+const RECEIPT_RESERVE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
+
 /// The lowest lease estimate for a batch before any was timed.
 const FIRST_BATCH_ESTIMATE: Duration = Duration::from_millis(500);
 
@@ -364,7 +367,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             }
             estimate = estimate.max(Duration::from_millis(slowest.load(Ordering::Relaxed)));
             let remaining = opts.deadline.saturating_duration_since(Instant::now());
-            if remaining < estimate + estimate / 5 {
+            if remaining < estimate + estimate / 5 + self.receipt_reserve() {
                 break LoopEnd::because(StopReason::Budget);
             }
             // Reserve a batch (and its messages) before consuming, so concurrent loops never
@@ -522,6 +525,16 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         }
     }
 
+    /// The time a batch keeps for writing its receipt after its claims and sends: two
+    /// DynamoDB retransmission timeouts as observed, within [`RECEIPT_RESERVE`].
+    fn receipt_reserve(&self) -> Duration {
+        let (least, most) = RECEIPT_RESERVE;
+        self.flow
+            .dynamodb
+            .rto()
+            .map_or(least, |rto| rto.saturating_mul(2).clamp(least, most))
+    }
+
     fn lease_policy(&self) -> LeasePolicy {
         let st = &self.settings;
         LeasePolicy {
@@ -553,16 +566,19 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             clock: &self.settings.clock,
         };
         let deadline = shared.opts.deadline;
+        // Claims and sends stop in time for the receipt: what SQS accepted is then on record
+        // even when the pass runs out of time, instead of coming back as copies.
+        let until = deadline
+            .checked_sub(self.receipt_reserve())
+            .unwrap_or_else(Instant::now);
 
         let triage = self.triage(group, msgs, &mut counts);
         let mut confirm_ids = Vec::new();
-        match leases
-            .begin(unique_token("b"), places.lease, deadline)
-            .await
-        {
+        match leases.begin(unique_token("b"), places.lease, until).await {
             Ok(lease) => {
                 // The heartbeat keeps the lease while the batch works, and stops with it.
-                let work = self.claim_and_send(shared, group, &leases, &lease, triage, &mut counts);
+                let work =
+                    self.claim_and_send(shared, group, &leases, &lease, triage, until, &mut counts);
                 let sent = tokio::select! {
                     sent = work => sent,
                     () = leases.heartbeat(&lease, deadline) => unreachable!("the heartbeat only stops when dropped"),
@@ -587,8 +603,15 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                 if e.maybe_applied {
                     counts.unknown_outcome += triage.valid.len() as u64;
                 }
-                self.park(shared, group, Vec::new(), triage.invalid, &mut counts)
-                    .await;
+                self.park(
+                    shared,
+                    group,
+                    Vec::new(),
+                    triage.invalid,
+                    until,
+                    &mut counts,
+                )
+                .await;
             }
         }
         shared
@@ -618,7 +641,8 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         counts
     }
 
-    /// Claim, enqueue, park: what the batch's receipt will say.
+    /// Claim, enqueue, park, all before `until`: what the batch's receipt will say.
+    #[allow(clippy::too_many_arguments)]
     async fn claim_and_send(
         &self,
         shared: &PassShared,
@@ -626,16 +650,19 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         leases: &Leases<'_, D>,
         lease: &BatchLease,
         triage: Triage,
+        until: Instant,
         counts: &mut Counts,
     ) -> SentBatch {
         let claims = self
-            .claim(shared, group, leases, lease, triage.valid, counts)
+            .claim(shared, group, leases, lease, triage.valid, until, counts)
             .await;
-        let enqueued = self.enqueue(shared, group, claims.to_send, counts).await;
+        let enqueued = self
+            .enqueue(shared, group, claims.to_send, until, counts)
+            .await;
         let mut to_park = claims.to_park;
         to_park.extend(enqueued.rejected);
         let parked = self
-            .park(shared, group, to_park, triage.invalid, counts)
+            .park(shared, group, to_park, triage.invalid, until, counts)
             .await;
         let mut held = enqueued.unknown;
         held.extend(parked.unknown);
@@ -710,6 +737,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
     /// Claims every valid message for the batch. What is ours goes on to be sent or parked;
     /// what is done already is confirmed; what a live batch holds is left to it; what could not
     /// be claimed is deferred.
+    #[allow(clippy::too_many_arguments)]
     async fn claim(
         &self,
         shared: &PassShared,
@@ -717,10 +745,11 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         leases: &Leases<'_, D>,
         lease: &BatchLease,
         valid: Vec<Valid>,
+        until: Instant,
         counts: &mut Counts,
     ) -> Claims {
         let ids: Vec<u64> = valid.iter().map(|v| v.id).collect();
-        let decided = leases.claim(lease, &ids, shared.opts.deadline).await;
+        let decided = leases.claim(lease, &ids, until).await;
         counts.duplicates += decided.done.len() as u64;
         counts.held_elsewhere += decided.held.len() as u64;
         counts.taken_over += decided.taken_over;
@@ -759,6 +788,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         shared: &PassShared,
         group: &str,
         to_send: Vec<(Mine, Outgoing)>,
+        until: Instant,
         counts: &mut Counts,
     ) -> Enqueued {
         let mut mine: std::collections::HashMap<String, Mine> = std::collections::HashMap::new();
@@ -770,7 +800,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             })
             .collect();
         let mut out = Enqueued::default();
-        for (id, sent) in self.send(shared, &self.queue, entries).await {
+        for (id, sent) in self.send(shared, &self.queue, entries, until).await {
             let Some(m) = mine.remove(&id) else { continue };
             match sent {
                 Sent::Accepted => {
@@ -819,6 +849,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         group: &str,
         to_park: Vec<(Mine, Defect)>,
         invalid: Vec<(TmcMessage, Defect)>,
+        until: Instant,
         counts: &mut Counts,
     ) -> ParkedOut {
         let parked_at = rfc3339_now();
@@ -841,7 +872,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             claimed.insert(m.id.to_string(), m);
         }
         let mut out = ParkedOut::default();
-        for (id, sent) in self.send(shared, &self.parking, entries).await {
+        for (id, sent) in self.send(shared, &self.parking, entries, until).await {
             // No valid id: counted as invalid, never confirmed.
             let Some(m) = claimed.remove(&id) else {
                 continue;
@@ -881,6 +912,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         shared: &PassShared,
         queue: &Q,
         entries: Vec<Outgoing>,
+        until: Instant,
     ) -> Vec<(String, Sent)> {
         if entries.is_empty() {
             return Vec::new();
@@ -894,7 +926,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             &self.flow.sqs,
             policy,
             entries,
-            shared.opts.deadline,
+            until,
             || shared.is_fatal(),
             |e| shared.note_port_error(e),
         )
