@@ -157,8 +157,11 @@ struct Window {
 #[derive(Debug)]
 pub struct Permit<'a> {
     limiter: &'a Limiter,
+    /// `None` for an urgent request that went over the limit (or once given back).
     permit: Option<OwnedSemaphorePermit>,
     started: Instant,
+    /// Finished with a sample: the sample took it out of the requests in flight.
+    finished: bool,
 }
 
 impl Limiter {
@@ -208,17 +211,23 @@ impl Limiter {
         self.lock().waiting += 1;
         let got =
             tokio::time::timeout_at(deadline, Arc::clone(&self.permits).acquire_owned()).await;
-        let mut st = self.lock();
-        st.waiting -= 1;
+        self.lock().waiting -= 1;
         let permit = got.ok()?.ok()?;
+        Some(self.enter(Some(permit)))
+    }
+
+    /// Counts a request in flight, with or without a place.
+    fn enter(&self, permit: Option<OwnedSemaphorePermit>) -> Permit<'_> {
+        let mut st = self.lock();
         st.in_flight += 1;
         st.peak_in_flight = st.peak_in_flight.max(st.in_flight);
         st.window.peak_in_flight = st.window.peak_in_flight.max(st.in_flight);
-        Some(Permit {
+        Permit {
             limiter: self,
-            permit: Some(permit),
+            permit,
             started: Instant::now(),
-        })
+            finished: false,
+        }
     }
 
     /// How long one attempt may wait for its answer, given the caller's `deadline`: the
@@ -276,6 +285,38 @@ impl Limiter {
                 format!("no {} capacity before the pass deadline", self.name),
             ));
         };
+        self.attempt(permit, operation, deadline, f).await
+    }
+
+    /// Like [`Limiter::call`], but never waits for a place: for a batch's receipt, the one
+    /// write that keeps its messages from coming back as copies. It takes a free place when
+    /// there is one and otherwise goes over the limit, by at most one request per batch in
+    /// flight; its answer teaches the limiter like any other.
+    pub async fn call_urgent<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        deadline: Instant,
+        f: F,
+    ) -> Result<T, PortError>
+    where
+        F: FnOnce(Instant) -> Fut,
+        Fut: Future<Output = Result<T, PortError>>,
+    {
+        let permit = self.enter(Arc::clone(&self.permits).try_acquire_owned().ok());
+        self.attempt(permit, operation, deadline, f).await
+    }
+
+    async fn attempt<T, F, Fut>(
+        &self,
+        permit: Permit<'_>,
+        operation: &'static str,
+        deadline: Instant,
+        f: F,
+    ) -> Result<T, PortError>
+    where
+        F: FnOnce(Instant) -> Fut,
+        Fut: Future<Output = Result<T, PortError>>,
+    {
         let attempt_deadline = self.attempt_deadline(deadline);
         let r = match tokio::time::timeout_at(attempt_deadline, f(attempt_deadline)).await {
             Ok(r) => r,
@@ -465,6 +506,7 @@ impl Permit<'_> {
         if let Some(p) = self.permit.take() {
             self.limiter.give_back(p);
         }
+        self.finished = true;
         self.limiter.learn(self.started, signal);
         self.limiter.changed.notify_waiters();
     }
@@ -474,6 +516,8 @@ impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if let Some(p) = self.permit.take() {
             self.limiter.give_back(p);
+        }
+        if !self.finished {
             let mut st = self.limiter.lock();
             st.in_flight = st.in_flight.saturating_sub(1);
             drop(st);
@@ -647,6 +691,40 @@ mod tests {
 
     fn limiter(ceiling: usize) -> Arc<Limiter> {
         Arc::new(Limiter::new("Test", LimitConfig::new(ceiling)))
+    }
+
+    /// A receipt never queues behind the limit: with every place taken it goes at once, its
+    /// answer is learnt from, and the count of requests in flight comes back to zero, also
+    /// when an urgent request is abandoned midway.
+    #[tokio::test(start_paused = true)]
+    async fn urgent_requests_go_over_the_limit() {
+        let l = limiter(32);
+        let server = Server::new(1000, Duration::from_millis(100));
+        let (a, b) = (
+            l.acquire(far()).await.unwrap(),
+            l.acquire(far()).await.unwrap(),
+        );
+        assert_eq!(l.limit(), 2);
+        let started = Instant::now();
+        l.call_urgent("Receipt", far(), |_| server.serve())
+            .await
+            .unwrap();
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(100),
+            "no wait for a place"
+        );
+        assert_eq!(l.report().peak_in_flight, 3);
+        assert_eq!(l.report().requests, 1);
+        drop((a, b));
+        assert_eq!(l.in_flight(), 0);
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(10),
+            l.call_urgent("Receipt", far(), |_| server.serve()),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        assert_eq!(l.in_flight(), 0);
     }
 
     /// An endpoint whose latency does not change with load gets the whole ceiling.

@@ -223,9 +223,11 @@ impl<D: DedupStore> Leases<'_, D> {
         loop {
             tokio::time::sleep(every).await;
             let until = self.clock.now_ms().saturating_add(millis(lease.lease));
+            // Urgent like the receipt: a lease that lapses while its batch works lets another
+            // pass send the batch's messages again.
             let r = self
                 .limiter
-                .call("UpdateItem", deadline, |d| {
+                .call_urgent("UpdateItem", deadline, |d| {
                     self.store.renew_batch(&lease.token, until, d)
                 })
                 .await;
@@ -258,8 +260,10 @@ impl<D: DedupStore> Leases<'_, D> {
             lease_until_ms: now,
             expires_at: lease.expires_at,
         };
-        self.retried("PutItem", deadline, |d| self.store.settle_batch(&settle, d))
-            .await
+        self.retried_as(Urgency::Urgent, "PutItem", deadline, |d| {
+            self.store.settle_batch(&settle, d)
+        })
+        .await
     }
 
     /// Claims `ids` for the batch: inserts first (batched), then decides the ids that met an
@@ -557,10 +561,28 @@ impl<D: DedupStore> Leases<'_, D> {
         F: Fn(Instant) -> Fut,
         Fut: std::future::Future<Output = Result<R, PortError>>,
     {
+        self.retried_as(Urgency::Normal, op, deadline, attempt)
+            .await
+    }
+
+    async fn retried_as<R, F, Fut>(
+        &self,
+        urgency: Urgency,
+        op: &'static str,
+        deadline: Instant,
+        attempt: F,
+    ) -> Result<R, PortError>
+    where
+        F: Fn(Instant) -> Fut,
+        Fut: std::future::Future<Output = Result<R, PortError>>,
+    {
         let mut round = 0;
         loop {
             round += 1;
-            let r = self.limiter.call(op, deadline, &attempt).await;
+            let r = match urgency {
+                Urgency::Normal => self.limiter.call(op, deadline, &attempt).await,
+                Urgency::Urgent => self.limiter.call_urgent(op, deadline, &attempt).await,
+            };
             match &r {
                 Err(e) if e.severity == Severity::Retryable && round < self.policy.max_attempts => {
                     let pause = backoff(round);
@@ -573,6 +595,14 @@ impl<D: DedupStore> Leases<'_, D> {
             }
         }
     }
+}
+
+/// Whether a request waits for a place within the flow limit.
+#[derive(Clone, Copy, Debug)]
+enum Urgency {
+    Normal,
+    /// A receipt (or a renewal): never queued behind the limit.
+    Urgent,
 }
 
 #[derive(Debug)]
