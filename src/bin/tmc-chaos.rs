@@ -53,6 +53,11 @@ const CONCURRENT_PASSES: usize = 4;
 const CONCURRENCY_LEASE: Duration = Duration::from_secs(1);
 /// Added to every `SendMessageBatch` in the concurrency phase, so a batch outlives its lease.
 const CONCURRENCY_SQS_LATENCY_MS: u64 = 1500;
+/// Passes of the concurrency phase start at least this far apart: started together they run in
+/// step, each consuming again only once its first batch is recorded, when the others' are
+/// too, so a redelivery would rarely meet a batch at work. Out of step, one pass's next
+/// consume falls inside another's batch.
+const CONCURRENCY_STAGGER: Duration = Duration::from_secs(1);
 /// Each pass's budget in the concurrency phase (long: a pass only ends at an empty poll).
 const CONCURRENCY_PASS_SECONDS: u64 = 30;
 /// The dedup write of a batch's receipt (and of its lease, and of takeovers): a receipt that
@@ -1593,6 +1598,7 @@ async fn concurrency_phase(p: &Phase<'_>) -> Result<(Concurrency, Vec<Check>), S
     // The race needs passes that overlap while a batch outlives its lease. On a loaded machine
     // one round may not bring that about (processes start late), so rounds are added until it
     // happened: the check below is about what the passes did when it did.
+    let mut last_spawn: Option<Instant> = None;
     for _round in 0..CONCURRENCY_ROUNDS {
         ids.extend(sim.generate(None, args.concurrency_messages));
         let mut finished = false;
@@ -1603,8 +1609,11 @@ async fn concurrency_phase(p: &Phase<'_>) -> Result<(Concurrency, Vec<Check>), S
                 finished = true;
                 break;
             }
-            while fleet.running.len() < CONCURRENT_PASSES {
+            if fleet.running.len() < CONCURRENT_PASSES
+                && last_spawn.is_none_or(|t| t.elapsed() >= CONCURRENCY_STAGGER)
+            {
                 fleet.spawn("drain", CONCURRENCY_PASS_SECONDS)?;
+                last_spawn = Some(Instant::now());
             }
             ticker.tick("concurrency", &s, ids.len(), &fleet);
             tokio::time::sleep(TICK).await;
