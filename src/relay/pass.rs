@@ -572,29 +572,34 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             .checked_sub(self.receipt_reserve())
             .unwrap_or_else(Instant::now);
 
+        let scope = Scope {
+            shared,
+            group,
+            until,
+        };
+
         let triage = self.triage(group, msgs, &mut counts);
         let mut confirm_ids = Vec::new();
         match leases.begin(unique_token("b"), places.lease, until).await {
             Ok(lease) => {
                 // The heartbeat keeps the lease while the batch works, and stops with it.
-                let work =
-                    self.claim_and_send(shared, group, &leases, &lease, triage, until, &mut counts);
+                let work = self.claim_and_send(&scope, &leases, &lease, triage, &mut counts);
                 let sent = tokio::select! {
                     sent = work => sent,
                     () = leases.heartbeat(&lease, deadline) => unreachable!("the heartbeat only stops when dropped"),
                 };
                 confirm_ids = sent.already_done;
-                self.settle(
-                    shared,
-                    group,
-                    &leases,
-                    &lease,
-                    sent.accepted,
-                    sent.held,
-                    &mut counts,
-                    &mut confirm_ids,
-                )
-                .await;
+                let settled = self
+                    .settle(
+                        &scope,
+                        &leases,
+                        &lease,
+                        sent.accepted,
+                        sent.held,
+                        &mut counts,
+                    )
+                    .await;
+                confirm_ids.extend(settled);
             }
             Err(e) => {
                 shared.note_port_error(&e);
@@ -603,15 +608,8 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                 if e.maybe_applied {
                     counts.unknown_outcome += triage.valid.len() as u64;
                 }
-                self.park(
-                    shared,
-                    group,
-                    Vec::new(),
-                    triage.invalid,
-                    until,
-                    &mut counts,
-                )
-                .await;
+                self.park(&scope, Vec::new(), triage.invalid, &mut counts)
+                    .await;
             }
         }
         shared
@@ -641,29 +639,20 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         counts
     }
 
-    /// Claim, enqueue, park, all before `until`: what the batch's receipt will say.
-    #[allow(clippy::too_many_arguments)]
+    /// Claim, enqueue, park, all before the scope's `until`: what the batch's receipt will say.
     async fn claim_and_send(
         &self,
-        shared: &PassShared,
-        group: &str,
+        scope: &Scope<'_>,
         leases: &Leases<'_, D>,
         lease: &BatchLease,
         triage: Triage,
-        until: Instant,
         counts: &mut Counts,
     ) -> SentBatch {
-        let claims = self
-            .claim(shared, group, leases, lease, triage.valid, until, counts)
-            .await;
-        let enqueued = self
-            .enqueue(shared, group, claims.to_send, until, counts)
-            .await;
+        let claims = self.claim(scope, leases, lease, triage.valid, counts).await;
+        let enqueued = self.enqueue(scope, claims.to_send, counts).await;
         let mut to_park = claims.to_park;
         to_park.extend(enqueued.rejected);
-        let parked = self
-            .park(shared, group, to_park, triage.invalid, until, counts)
-            .await;
+        let parked = self.park(scope, to_park, triage.invalid, counts).await;
         let mut held = enqueued.unknown;
         held.extend(parked.unknown);
         SentBatch {
@@ -677,31 +666,29 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         }
     }
 
-    /// Writes the receipt. Only then are the accepted ids confirmable: until it is written a
+    /// Writes the receipt and returns the ids it makes confirmable. Until it is written a
     /// redelivery could not tell they are in SQS, so if it cannot be, none is confirmed and
     /// their redelivery is at worst a copy.
-    #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
-        shared: &PassShared,
-        group: &str,
+        scope: &Scope<'_>,
         leases: &Leases<'_, D>,
         lease: &BatchLease,
         accepted: Vec<u64>,
         held: Vec<u64>,
         counts: &mut Counts,
-        confirm_ids: &mut Vec<u64>,
-    ) {
+    ) -> Vec<u64> {
         let n = accepted.len() as u64;
         match leases
-            .settle(lease, accepted.clone(), held, shared.opts.deadline)
+            .settle(lease, accepted.clone(), held, scope.shared.opts.deadline)
             .await
         {
-            Ok(()) => confirm_ids.extend(accepted),
+            Ok(()) => accepted,
             Err(e) => {
-                shared.note_port_error(&e);
-                tracing::warn!(group, count = n, error = %e, "could not write the batch's receipt: leaving its messages unconfirmed (a redelivery may be a copy)");
+                scope.shared.note_port_error(&e);
+                tracing::warn!(group = scope.group, count = n, error = %e, "could not write the batch's receipt: leaving its messages unconfirmed (a redelivery may be a copy)");
                 counts.unsettled += n;
+                Vec::new()
             }
         }
     }
@@ -737,19 +724,17 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
     /// Claims every valid message for the batch. What is ours goes on to be sent or parked;
     /// what is done already is confirmed; what a live batch holds is left to it; what could not
     /// be claimed is deferred.
-    #[allow(clippy::too_many_arguments)]
     async fn claim(
         &self,
-        shared: &PassShared,
-        group: &str,
+        scope: &Scope<'_>,
         leases: &Leases<'_, D>,
         lease: &BatchLease,
         valid: Vec<Valid>,
-        until: Instant,
         counts: &mut Counts,
     ) -> Claims {
+        let Scope { shared, group, .. } = *scope;
         let ids: Vec<u64> = valid.iter().map(|v| v.id).collect();
-        let decided = leases.claim(lease, &ids, until).await;
+        let decided = leases.claim(lease, &ids, scope.until).await;
         counts.duplicates += decided.done.len() as u64;
         counts.held_elsewhere += decided.held.len() as u64;
         counts.taken_over += decided.taken_over;
@@ -785,12 +770,11 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
     /// Sends the claimed messages to the relay queue.
     async fn enqueue(
         &self,
-        shared: &PassShared,
-        group: &str,
+        scope: &Scope<'_>,
         to_send: Vec<(Mine, Outgoing)>,
-        until: Instant,
         counts: &mut Counts,
     ) -> Enqueued {
+        let group = scope.group;
         let mut mine: std::collections::HashMap<String, Mine> = std::collections::HashMap::new();
         let entries: Vec<Outgoing> = to_send
             .into_iter()
@@ -800,7 +784,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             })
             .collect();
         let mut out = Enqueued::default();
-        for (id, sent) in self.send(shared, &self.queue, entries, until).await {
+        for (id, sent) in self.send(scope, &self.queue, entries).await {
             let Some(m) = mine.remove(&id) else { continue };
             match sent {
                 Sent::Accepted => {
@@ -845,13 +829,12 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
     /// no valid id.
     async fn park(
         &self,
-        shared: &PassShared,
-        group: &str,
+        scope: &Scope<'_>,
         to_park: Vec<(Mine, Defect)>,
         invalid: Vec<(TmcMessage, Defect)>,
-        until: Instant,
         counts: &mut Counts,
     ) -> ParkedOut {
+        let group = scope.group;
         let parked_at = rfc3339_now();
         let park_max = self.parking.max_message_bytes();
         let mut claimed: std::collections::HashMap<String, Mine> = std::collections::HashMap::new();
@@ -872,7 +855,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             claimed.insert(m.id.to_string(), m);
         }
         let mut out = ParkedOut::default();
-        for (id, sent) in self.send(shared, &self.parking, entries, until).await {
+        for (id, sent) in self.send(scope, &self.parking, entries).await {
             // No valid id: counted as invalid, never confirmed.
             let Some(m) = claimed.remove(&id) else {
                 continue;
@@ -909,11 +892,11 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
 
     async fn send(
         &self,
-        shared: &PassShared,
+        scope: &Scope<'_>,
         queue: &Q,
         entries: Vec<Outgoing>,
-        until: Instant,
     ) -> Vec<(String, Sent)> {
+        let Scope { shared, until, .. } = *scope;
         if entries.is_empty() {
             return Vec::new();
         }
@@ -977,6 +960,15 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             .confirmed
             .fetch_add(counts.confirmed, Ordering::Relaxed);
     }
+}
+
+/// What every step of one batch works within.
+#[derive(Clone, Copy)]
+struct Scope<'a> {
+    shared: &'a PassShared,
+    group: &'a str,
+    /// Claims and sends stop here, a reserve before the pass's deadline.
+    until: Instant,
 }
 
 /// A consumed batch, sorted.
