@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use time::format_description::FormatItem;
 use time::macros::{format_description, offset};
-use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
 /// China Standard Time; the gateway and `pub_time` use it.
 pub const GMT8: UtcOffset = offset!(+8);
@@ -25,10 +25,7 @@ pub fn wire_timestamp(at: SystemTime) -> String {
 /// Parses a wire time (`yyyy-MM-dd HH:mm:ss`, GMT+8) into an instant.
 pub fn parse_wire_time(s: &str) -> Option<SystemTime> {
     let s = s.trim();
-    if let Some(t) = WireTime::parse(s) {
-        return Some(t.instant());
-    }
-    let t = PrimitiveDateTime::parse(s, WIRE).ok()?;
+    let t = usual_wire_time(s).or_else(|| PrimitiveDateTime::parse(s, WIRE).ok())?;
     Some(t.assume_offset(GMT8).into())
 }
 
@@ -36,7 +33,7 @@ pub fn parse_wire_time(s: &str) -> Option<SystemTime> {
 /// wire time.
 pub fn pub_time_rfc3339(s: &str) -> Option<String> {
     let s = s.trim();
-    if WireTime::parse(s).is_some() {
+    if usual_wire_time(s).is_some() {
         // Already zero-padded digits in place: only the separator and the offset change.
         return Some(format!("{}T{}+08:00", &s[..10], &s[11..]));
     }
@@ -44,77 +41,32 @@ pub fn pub_time_rfc3339(s: &str) -> Option<String> {
     t.assume_offset(GMT8).format(RFC3339_SECONDS).ok()
 }
 
-/// A wire time in its usual form, exactly `dddd-dd-dd dd:dd:dd` with a real calendar date: read
-/// without the general parser, which costs more than the rest of a message's body. Other
-/// forms the `time` crate accepts (a signed year) go to it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct WireTime {
-    year: i64,
-    month: i64,
-    day: i64,
-    secs_of_day: i64,
-}
-
-impl WireTime {
-    fn parse(s: &str) -> Option<Self> {
-        let b = s.as_bytes();
-        if b.len() != 19
-            || b[4] != b'-'
-            || b[7] != b'-'
-            || b[10] != b' '
-            || b[13] != b':'
-            || b[16] != b':'
-        {
-            return None;
-        }
-        let num = |from: usize, to: usize| -> Option<i64> {
-            b[from..to].iter().try_fold(0i64, |n, &c| {
-                c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
-            })
-        };
-        let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-        let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-        let days_in_month = match month {
-            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-            4 | 6 | 9 | 11 => 30,
-            2 if leap => 29,
-            2 => 28,
-            _ => return None,
-        };
-        if !(1..=days_in_month).contains(&day) || hour > 23 || minute > 59 || second > 59 {
-            return None;
-        }
-        Some(Self {
-            year,
-            month,
-            day,
-            secs_of_day: hour * 3600 + minute * 60 + second,
+/// A wire time in its usual form, exactly `dddd-dd-dd dd:dd:dd` with a real date and time:
+/// its digits read by hand, because the general parser costs more than the rest of a
+/// message's body; the calendar is the `time` crate's. Other forms it accepts (a signed
+/// year) go to its parser.
+fn usual_wire_time(s: &str) -> Option<PrimitiveDateTime> {
+    let b = s.as_bytes();
+    if b.len() != 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<u16> {
+        b[from..to].iter().try_fold(0u16, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u16::from(c - b'0'))
         })
-    }
-
-    /// The instant, reading the time as GMT+8.
-    fn instant(self) -> SystemTime {
-        let secs = days_from_civil(self.year, self.month, self.day) * 86_400 + self.secs_of_day
-            - i64::from(GMT8.whole_seconds());
-        let d = Duration::from_secs(secs.unsigned_abs());
-        if secs >= 0 {
-            UNIX_EPOCH + d
-        } else {
-            UNIX_EPOCH - d
-        }
-    }
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    };
+    // Two digits fit a u8; four fit a u16.
+    let two = |from: usize| num(from, from + 2).and_then(|n| u8::try_from(n).ok());
+    let month = Month::try_from(two(5)?).ok()?;
+    let date = Date::from_calendar_date(i32::from(num(0, 4)?), month, two(8)?).ok()?;
+    let time = Time::from_hms(two(11)?, two(14)?, two(17)?).ok()?;
+    Some(PrimitiveDateTime::new(date, time))
 }
 
 /// Milliseconds since the Unix epoch (saturating at zero before it).
