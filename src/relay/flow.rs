@@ -348,6 +348,12 @@ impl Limiter {
             .is_some_and(|t| t.elapsed() < THROTTLE_MEMORY)
     }
 
+    /// True while requests are in flight, waiting for a place, or urgent writes still try.
+    pub fn busy(&self) -> bool {
+        let st = self.lock();
+        st.in_flight > 0 || st.waiting > 0 || st.urgent > 0
+    }
+
     /// Marks an urgent write as trying until the guard is dropped (see [`Limiter::call`]).
     pub fn urgent(&self) -> Urgent<'_> {
         self.lock().urgent += 1;
@@ -677,8 +683,9 @@ impl Flow {
             tokio::pin!(sqs, ddb);
             sqs.as_mut().enable();
             ddb.as_mut().enable();
-            // A throttling table is back-pressure like a slow one: no new batch meanwhile.
-            let throttling = self.dynamodb.throttling();
+            // A throttling table is back-pressure like a slow one: no new batch while earlier
+            // batches still have requests to make (one batch at a time goes on).
+            let throttling = self.dynamodb.throttling() && self.dynamodb.busy();
             if (!throttling && self.sqs.drain_time().max(self.dynamodb.drain_time()) <= lead)
                 || Instant::now() >= deadline
             {
@@ -873,6 +880,57 @@ mod tests {
         }
         assert_eq!(l.limit(), 1);
         assert_eq!(l.report().throttles, 44);
+    }
+
+    /// While the table throttles and an urgent write still tries, normal requests wait for it,
+    /// and no new batch is consumed; once the throttling is a second old, both go on.
+    #[tokio::test(start_paused = true)]
+    async fn throttling_makes_claims_and_consumes_wait_for_urgent_writes() {
+        let flow = Arc::new(Flow::new(8));
+        let _ = flow
+            .dynamodb
+            .call("PutItem", far(), |_| async {
+                Err::<(), _>(PortError::throttled("PutItem", "slow down"))
+            })
+            .await;
+        assert!(flow.dynamodb.throttling());
+        let urgent = flow.dynamodb.urgent();
+        let started = Instant::now();
+        let claim = {
+            let flow = Arc::clone(&flow);
+            tokio::spawn(async move {
+                flow.dynamodb
+                    .call("BatchExecuteStatement", far(), |_| async {
+                        Ok(Instant::now())
+                    })
+                    .await
+            })
+        };
+        let consume = {
+            let flow = Arc::clone(&flow);
+            tokio::spawn(async move {
+                flow.wait_for_room(Duration::ZERO, far()).await;
+                Instant::now()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!claim.is_finished() && !consume.is_finished());
+        // The urgent write got through: the others go on once the throttling is past.
+        drop(urgent);
+        let sent = claim.await.unwrap().unwrap();
+        let consumed = consume.await.unwrap();
+        assert!(sent >= started + Duration::from_millis(500));
+        assert!(consumed >= started + Duration::from_millis(500));
+        // Nothing in flight: a throttling table still lets one batch at a time be consumed.
+        let _ = flow
+            .dynamodb
+            .call("PutItem", far(), |_| async {
+                Err::<(), _>(PortError::throttled("PutItem", "slow down"))
+            })
+            .await;
+        let before = Instant::now();
+        flow.wait_for_room(Duration::ZERO, far()).await;
+        assert_eq!(Instant::now(), before);
     }
 
     /// The attempt timeout is the floor for a fast endpoint, follows a slow one's latency, and
