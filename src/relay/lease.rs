@@ -30,7 +30,7 @@ use super::ports::{
     BatchRecord, ClaimItem, DedupStore, InsertOutcome, Key, NewClaim, PortError, Renewal, Settle,
     Severity, Stored, TakeOver, READ_CHUNK,
 };
-use super::send::backoff;
+use super::send::{backoff, backoff_capped};
 use crate::top::clock::epoch_millis;
 
 /// Wall-clock epoch milliseconds: the system clock, or a manual one for tests.
@@ -342,7 +342,7 @@ impl<D: DedupStore> Leases<'_, D> {
                         return;
                     }
                     Err(e) => {
-                        let pause = backoff(round);
+                        let pause = urgent_backoff(round);
                         if e.severity != Severity::Retryable || !fits(pause, tick_end) {
                             tracing::warn!(batch = lease.token, error = %e, "lease renewal failed");
                             break;
@@ -399,7 +399,7 @@ impl<D: DedupStore> Leases<'_, D> {
                     return Ok(Settled { late });
                 }
                 Err(e) if e.severity == Severity::Retryable => {
-                    let pause = backoff(round);
+                    let pause = urgent_backoff(round);
                     if !fits(pause, deadline) {
                         return Err(e);
                     }
@@ -764,6 +764,14 @@ enum Resolved {
     Held,
     /// Try again next round (with the error, if one caused it).
     Again(Option<PortError>),
+}
+
+/// The pause between attempts of an urgent write (a receipt, a renewal): jittered and
+/// doubling like [`backoff`], but at most 1 s, so a write that a table throttles most of the
+/// time still gets dozens of attempts in a pass. There is at most one such write per batch in
+/// flight: a handful of requests a second.
+fn urgent_backoff(round: u32) -> Duration {
+    backoff_capped(round, Duration::from_secs(1))
 }
 
 fn fits(pause: Duration, deadline: Instant) -> bool {

@@ -264,9 +264,16 @@ pub async fn send_all<Q: Queue>(
     results
 }
 
-/// Jittered exponential backoff between rounds: half the ceiling plus up to half again.
+/// Jittered exponential backoff between rounds: half the ceiling plus up to half again; the
+/// ceiling doubles from 100 ms to 3.2 s.
 pub fn backoff(round: u32) -> Duration {
-    let ceiling = 50u64 << round.min(6);
+    backoff_capped(round, Duration::from_millis(3200))
+}
+
+/// Like [`backoff`], with the ceiling at most `cap`.
+pub fn backoff_capped(round: u32, cap: Duration) -> Duration {
+    let cap = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+    let ceiling = (50u64 << round.min(6)).min(cap);
     let jitter = u64::from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -493,6 +500,20 @@ mod tests {
         .await;
         assert!(matches!(&out[..], [(_, Sent::Failed(_))]), "{out:?}");
         assert_eq!(sends_of(&q, "1"), 1);
+    }
+
+    /// Backoff doubles from 50-100 ms, jittered within the upper half of its ceiling, and
+    /// stays within its cap.
+    #[test]
+    fn backoff_doubles_within_its_cap() {
+        for _ in 0..50 {
+            let first = backoff(1);
+            assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(&first));
+            let late = backoff(20);
+            assert!((Duration::from_millis(1600)..=Duration::from_millis(3200)).contains(&late));
+            let capped = backoff_capped(20, Duration::from_secs(1));
+            assert!((Duration::from_millis(500)..=Duration::from_secs(1)).contains(&capped));
+        }
     }
 
     /// On a standard queue an unanswered entry is resent once; on FIFO, every attempt is used.
