@@ -11,6 +11,9 @@ use crate::relay::{Mode, PassOptions};
 
 /// Time kept back from the Lambda deadline for the report and metrics.
 pub const MAX_SAFETY_MARGIN: Duration = Duration::from_secs(5);
+/// Time kept back from the Lambda deadline for the report alone: receipts may use the rest of
+/// the safety margin.
+pub const REPORT_TIME: Duration = Duration::from_millis(500);
 /// The command line's budget when `--max-seconds` is not given.
 pub const DEFAULT_CLI_SECONDS: u64 = 300;
 
@@ -138,6 +141,11 @@ impl Overrides {
             max_messages: self.max_messages,
             deadline,
             empty_backoff: cfg.empty_backoff,
+            // The safety margin is the receipts' too, less what the report needs.
+            receipt_deadline: hard_deadline.map(|d| {
+                let total = d.saturating_duration_since(now);
+                d - (total / 20).min(REPORT_TIME)
+            }),
         }
     }
 }

@@ -40,7 +40,7 @@ pub fn init() {
 /// `FunctionName` dimension.
 pub fn emf(report: &Report, function_name: &str, timestamp_ms: u64) -> Value {
     let c = &report.counts;
-    let counts: [(&str, u64); 18] = [
+    let counts: [(&str, u64); 19] = [
         ("Consumed", c.consumed),
         ("Enqueued", c.enqueued),
         ("Duplicates", c.duplicates),
@@ -54,6 +54,7 @@ pub fn emf(report: &Report, function_name: &str, timestamp_ms: u64) -> Value {
         ("HeldElsewhere", c.held_elsewhere),
         ("UnknownOutcome", c.unknown_outcome),
         ("Unsettled", c.unsettled),
+        ("LeaseLost", c.lease_lost),
         ("TakenOver", c.taken_over),
         ("Timeouts", report.timeouts),
         ("Throttles", report.throttles),

@@ -18,7 +18,9 @@ use tmc_relay::aws::dynamo::DynamoStore;
 use tmc_relay::fakeaws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 use tmc_relay::relay::flow::{LimitConfig, Limiter};
 use tmc_relay::relay::lease::{Clock, LeasePolicy, Leases};
-use tmc_relay::relay::ports::{DedupStore, InsertOutcome, NewClaim};
+use tmc_relay::relay::ports::{
+    BatchRecord, DedupStore, InsertOutcome, Key, NewClaim, Renewal, Stored,
+};
 
 const FIRST_ID: u64 = 7_104_300_007_405_429_232;
 
@@ -144,7 +146,13 @@ async fn protocol_on(endpoint: &str, models_partiql: bool) {
         .settle(&a, ids[..50].to_vec(), ids[50..55].to_vec(), soon())
         .await
         .unwrap();
-    store.renew_batch("a", u64::MAX / 2, soon()).await.unwrap();
+    assert_eq!(
+        store
+            .renew_batch("a", u64::MAX / 2, 0, soon())
+            .await
+            .unwrap(),
+        Renewal::Settled
+    );
     let c = leases
         .begin("c".into(), Duration::from_secs(60), soon())
         .await
@@ -214,6 +222,64 @@ async fn protocol_on(endpoint: &str, models_partiql: bool) {
     assert_eq!(decided.done, vec![FIRST_ID + 100, FIRST_ID + 101]);
     assert_eq!(decided.held, vec![FIRST_ID + 102]);
     assert_eq!(decided.mine, vec![FIRST_ID + 103]);
+
+    lease_rules(&store).await;
+}
+
+async fn record_of(store: &DynamoStore, token: &str) -> BatchRecord {
+    let (found, _) = store
+        .read(&[Key::Batch(token.into())], soon())
+        .await
+        .unwrap();
+    match found.as_slice() {
+        [Stored::Batch(r)] => r.clone(),
+        other => panic!("record {token}: {other:?}"),
+    }
+}
+
+/// The lease's conditions on the wire: a record is written only if absent, a renewal only
+/// extends a live, unfenced, unsettled lease, and a fence holds only on the record as judged.
+async fn lease_rules(store: &DynamoStore) {
+    let now = tmc_relay::top::clock::epoch_millis(std::time::SystemTime::now());
+    // A late first attempt of batch a's record never overwrites its receipt.
+    let late = BatchRecord {
+        token: "a".into(),
+        lease_until_ms: now + 60_000,
+        expires_at: now / 1000 + 86_400,
+        ..BatchRecord::default()
+    };
+    store.put_batch(&late, soon()).await.unwrap();
+    let a = record_of(store, "a").await;
+    assert!(a.settled && a.accepted.len() == 50, "{a:?}");
+
+    let e = BatchRecord {
+        token: "e".into(),
+        lease_until_ms: now + 60_000,
+        expires_at: now / 1000 + 86_400,
+        ..BatchRecord::default()
+    };
+    store.put_batch(&e, soon()).await.unwrap();
+    let renew = |until: u64, at: u64| store.renew_batch("e", until, at, soon());
+    assert_eq!(renew(now + 90_000, now).await.unwrap(), Renewal::Renewed);
+    // A late attempt never shortens it.
+    assert_eq!(renew(now + 80_000, now).await.unwrap(), Renewal::Renewed);
+    assert_eq!(record_of(store, "e").await.lease_until_ms, now + 90_000);
+    // Past its end (a host suspended for minutes) the lease is lapsed: not revived.
+    assert_eq!(
+        renew(now + 400_000, now + 200_000).await.unwrap(),
+        Renewal::Lost
+    );
+    assert_eq!(record_of(store, "e").await.lease_until_ms, now + 90_000);
+    // The fence holds only on the record as judged; once fenced, no renewal.
+    assert!(!store.fence_batch("e", now + 1, soon()).await.unwrap());
+    assert!(store.fence_batch("e", now + 90_000, soon()).await.unwrap());
+    assert!(record_of(store, "e").await.fenced);
+    assert_eq!(renew(now + 95_000, now).await.unwrap(), Renewal::Lost);
+    // A settled record is never fenced.
+    assert!(!store
+        .fence_batch("a", a.lease_until_ms, soon())
+        .await
+        .unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

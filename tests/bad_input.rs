@@ -124,6 +124,7 @@ impl Rig {
                 max_messages: None,
                 deadline: Instant::now() + Duration::from_secs(30),
                 empty_backoff: Duration::from_millis(100),
+                receipt_deadline: None,
             })
             .await
     }

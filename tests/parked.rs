@@ -14,6 +14,8 @@ use support::{moto, sim, Env, SECRET};
 use tmc_relay::aws::sqs::SqsQueue;
 use tmc_relay::fakeaws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 use tmc_relay::invocation::Overrides;
+use tmc_relay::parked::sqs::SqsParking;
+use tmc_relay::parked::ParkingQueue;
 use tmc_relay::relay::body::{pack, parking_entry, relay_entry, Defect, FifoGroupBy};
 use tmc_relay::relay::ports::Queue;
 use tmc_relay::sim::NewMessage;
@@ -401,4 +403,38 @@ async fn settings_are_named_when_missing_or_unsafe() {
         "{}",
         stderr(&out)
     );
+}
+
+/// The SQS adapter extends the holds of what it received, one answer per receipt across
+/// batches of 10, naming a receipt SQS refused; an extended message stays hidden until
+/// released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqs_adapter_extends_holds_and_names_a_refused_receipt() {
+    let env = Env::new(false).await;
+    park_rejected(&env, (0..12).map(|i| trade(FIRST + i)).collect()).await;
+    let parking = SqsParking::new(env.sqs.clone(), &env.parking_url);
+    let hold = Duration::from_secs(60);
+    let mut receipts = Vec::new();
+    for _ in 0..20 {
+        if receipts.len() == 12 {
+            break;
+        }
+        let got = parking.receive(10, hold).await.unwrap();
+        receipts.extend(got.into_iter().map(|h| h.receipt));
+    }
+    assert_eq!(receipts.len(), 12);
+    receipts.insert(5, "not-a-receipt".to_owned());
+    let answers = parking.extend(&receipts, hold).await.unwrap();
+    assert_eq!(answers.len(), 13);
+    for (i, a) in answers.iter().enumerate() {
+        match (i, a) {
+            (5, Some(why)) => assert!(why.starts_with("ReceiptHandleIsInvalid"), "{why}"),
+            (5, None) => panic!("a bogus receipt was extended"),
+            (_, a) => assert_eq!(*a, None, "receipt {i}"),
+        }
+    }
+    assert!(parking.receive(10, hold).await.unwrap().is_empty());
+    receipts.remove(5);
+    parking.release(&receipts).await;
+    assert_eq!(env.drain(&env.parking_url).await.len(), 12);
 }

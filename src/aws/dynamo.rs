@@ -30,8 +30,8 @@ use super::errors::port_error;
 use super::within;
 use super::Meter;
 use crate::relay::ports::{
-    BatchRecord, ClaimItem, DedupStore, InsertOutcome, Key, NewClaim, PortError, Settle, Severity,
-    Stored, TakeOver, INSERT_CHUNK,
+    BatchRecord, ClaimItem, DedupStore, InsertOutcome, Key, NewClaim, PortError, Renewal, Settle,
+    Severity, Stored, TakeOver, INSERT_CHUNK,
 };
 
 /// The prefix of batch records' keys.
@@ -112,12 +112,16 @@ pub fn parse_batch(item: &Attrs) -> Option<BatchRecord> {
         accepted: get_ns(item, "accepted"),
         held: get_ns(item, "held"),
         hold_until_ms: get_n(item, "hold_until"),
-        settled: item
-            .get("settled")
-            .and_then(|v| v.as_bool().ok())
-            .copied()
-            .unwrap_or(false),
+        settled: get_bool(item, "settled"),
+        fenced: get_bool(item, "fenced"),
     })
+}
+
+fn get_bool(item: &Attrs, name: &str) -> bool {
+    item.get(name)
+        .and_then(|v| v.as_bool().ok())
+        .copied()
+        .unwrap_or(false)
 }
 
 fn claim_attrs(c: &NewClaim) -> Attrs {
@@ -519,15 +523,24 @@ impl DedupStore for DynamoStore {
             ("lease_until".to_owned(), n(record.lease_until_ms)),
             ("expires_at".to_owned(), n(record.expires_at)),
         ]);
-        self.put(item, None, deadline).await.map(|_| ())
+        // Only if absent: a late first attempt must not overwrite the receipt. The token is
+        // unique, so a record that exists is an earlier attempt's: written.
+        self.put(
+            item,
+            Some(("attribute_not_exists(pk)", Vec::new())),
+            deadline,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn renew_batch(
         &self,
         token: &str,
         lease_until_ms: u64,
+        now_ms: u64,
         deadline: Instant,
-    ) -> Result<(), PortError> {
+    ) -> Result<Renewal, PortError> {
         let op = "UpdateItem";
         self.meter.request();
         let call = self
@@ -536,23 +549,84 @@ impl DedupStore for DynamoStore {
             .table_name(&self.table)
             .key("pk", key_value(&Key::Batch(token.to_owned())))
             .update_expression("SET lease_until = :l")
-            // Never over a receipt (a renewal still on the wire when the batch settled), and
-            // never creating a record without its TTL.
-            .condition_expression("attribute_exists(pk) AND attribute_not_exists(settled)")
+            // Only a live lease, never fenced nor settled, and only forward: a renewal never
+            // revives a lapsed lease, and a late attempt never shortens a later one.
+            .condition_expression(
+                "attribute_exists(pk) AND attribute_not_exists(settled) \
+                 AND attribute_not_exists(fenced) AND lease_until >= :now AND lease_until < :l",
+            )
             .expression_attribute_values(":l", n(lease_until_ms))
+            .expression_attribute_values(":now", n(now_ms))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send();
+        let old = match within(deadline, op, call).await? {
+            Ok(out) => {
+                self.record(out.consumed_capacity());
+                return Ok(Renewal::Renewed);
+            }
+            Err(e) => {
+                use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+                let Some(UpdateItemError::ConditionalCheckFailedException(cf)) =
+                    e.as_service_error()
+                else {
+                    return Err(port_error(op, &e));
+                };
+                self.meter.capacity(1.0, 0.0);
+                cf.item().cloned()
+            }
+        };
+        // Endpoints that do not hand the old item back (emulators): read it.
+        let record = match old {
+            Some(item) => parse_batch(&item),
+            None => self
+                .read(&[Key::Batch(token.to_owned())], deadline)
+                .await?
+                .0
+                .into_iter()
+                .find_map(|s| match s {
+                    Stored::Batch(r) => Some(r),
+                    Stored::Claim(_) => None,
+                }),
+        };
+        Ok(match record {
+            Some(r) if r.settled => Renewal::Settled,
+            // An earlier attempt of ours got there: the lease runs at least that long.
+            Some(r) if !r.fenced && r.lease_until_ms >= lease_until_ms => Renewal::Renewed,
+            _ => Renewal::Lost,
+        })
+    }
+
+    async fn fence_batch(
+        &self,
+        token: &str,
+        judged_lease_until_ms: u64,
+        deadline: Instant,
+    ) -> Result<bool, PortError> {
+        let op = "UpdateItem";
+        self.meter.request();
+        let call = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", key_value(&Key::Batch(token.to_owned())))
+            .update_expression("SET fenced = :t")
+            .condition_expression("lease_until = :judged AND attribute_not_exists(settled)")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .expression_attribute_values(":judged", n(judged_lease_until_ms))
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send();
         match within(deadline, op, call).await? {
             Ok(out) => {
                 self.record(out.consumed_capacity());
-                Ok(())
+                Ok(true)
             }
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
             {
                 self.meter.capacity(1.0, 0.0);
-                Ok(())
+                Ok(false)
             }
             Err(e) => Err(port_error(op, &e)),
         }

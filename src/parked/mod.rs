@@ -8,10 +8,19 @@
 //! else for `hold_for`, and releases what it did not delete when it is done. That hold is what
 //! makes concurrent runs safe: a message one run holds, no other run sees. A redrive sends a
 //! round of at most 10 messages to the relay queue and deletes from the parking queue only
-//! what SQS accepted, so nothing is deleted before its copy is safe. A crash (or a lost delete)
-//! between the send and the delete leaves the message parked as well as relayed: the next
-//! redrive sends it again, which a FIFO relay queue drops if it comes within 5 minutes (its
-//! MessageDeduplicationId is the TMC id) and a standard queue delivers twice.
+//! what SQS accepted, so nothing is deleted before its copy is safe.
+//!
+//! Large records go one per request, so a round on a slow relay queue can outlast its hold.
+//! Before each send, every message the round still holds must keep its hold past the send's
+//! deadline plus a margin; a hold that would not is extended while it is surely still ours, and
+//! a message whose hold cannot be kept is skipped (neither sent nor deleted), since another run
+//! may have it by then. What SQS accepted is deleted right after its send, while its hold is
+//! still ours.
+//!
+//! A crash (or a lost delete) between the send and the delete leaves the message parked as
+//! well as relayed: the next redrive sends it again, which a FIFO relay queue drops if it comes
+//! within 5 minutes (its MessageDeduplicationId is the TMC id) and a standard queue delivers
+//! twice.
 
 pub mod port;
 pub mod record;
@@ -36,9 +45,17 @@ pub use record::{fmt_age, rebuild, Filter, ParkingRecord, REASON_CODES, UNREADAB
 /// deduplication window.
 pub const HOLD_FOR: Duration = Duration::from_secs(120);
 
-/// A held message is released only while at least this much of its hold is left: past that,
-/// another run may hold it, and a release with our stale receipt could expose it to a third.
-const RELEASE_MARGIN: Duration = Duration::from_secs(15);
+/// A held message is sent, extended or released only while at least this much of its hold is
+/// left by our clock: past that, another run may hold it, and our stale receipt could act on
+/// the message that run is handling (a release would expose it to a third).
+const HOLD_MARGIN: Duration = Duration::from_secs(15);
+
+/// A redrive's send gives up after this (its attempt deadline), so a hold that outlasts it plus
+/// [`HOLD_MARGIN`] cannot run out while the send is under way.
+const SEND_WITHIN: Duration = Duration::from_secs(30);
+
+// A fresh hold must outlast a send and an extension that came just in time.
+const _: () = assert!(HOLD_FOR.as_secs() > HOLD_MARGIN.as_secs() + 2 * SEND_WITHIN.as_secs());
 
 /// Rounds in a row that bring only messages already seen (their hold ran out during a long
 /// scan) before a scan stops.
@@ -125,6 +142,9 @@ pub enum Outcome {
     Failed,
     /// In the relay queue, but still parked too: the next redrive sends it again.
     SentNotDeleted,
+    /// Not sent: this run's hold on it could not be kept until its send would end, so another
+    /// run may have it. Stays parked; run again.
+    Skipped,
 }
 
 impl Outcome {
@@ -137,6 +157,7 @@ impl Outcome {
             Outcome::Kept => "kept",
             Outcome::Failed => "failed",
             Outcome::SentNotDeleted => "sent_not_deleted",
+            Outcome::Skipped => "skipped",
         }
     }
 
@@ -252,7 +273,8 @@ struct Scan<'a, P> {
     hold_for: Duration,
     /// Every message id received in this run.
     seen: HashSet<String>,
-    /// Held and not deleted: the latest receipt, and when it was received.
+    /// Held and not deleted: the latest receipt, and when the hold began by our clock (before
+    /// the request that began it, so our hold never ends after SQS's).
     held: HashMap<String, (String, Instant)>,
 }
 
@@ -270,15 +292,15 @@ impl<'a, P: ParkingQueue> Scan<'a, P> {
     async fn next(&mut self) -> Result<Option<Vec<Held>>, PortError> {
         let mut stale = 0;
         loop {
+            let asked = Instant::now();
             let got = self.parking.receive(10, self.hold_for).await?;
             if got.is_empty() {
                 return Ok(None);
             }
-            let now = Instant::now();
             let mut fresh = Vec::new();
             for h in got {
                 self.held
-                    .insert(h.message_id.clone(), (h.receipt.clone(), now));
+                    .insert(h.message_id.clone(), (h.receipt.clone(), asked));
                 if self.seen.insert(h.message_id.clone()) {
                     fresh.push(h);
                 }
@@ -298,12 +320,90 @@ impl<'a, P: ParkingQueue> Scan<'a, P> {
         self.held.remove(message_id);
     }
 
+    /// When this run's hold on a message ends, by our clock.
+    fn hold_end(&self, message_id: &str) -> Option<Instant> {
+        self.held.get(message_id).map(|(_, at)| *at + self.hold_for)
+    }
+
+    /// Makes sure each of these held messages stays held for `need` more plus the margin,
+    /// extending the holds that would not while they are surely still ours. Returns the
+    /// messages whose hold could not be kept, with why.
+    async fn keep(&mut self, message_ids: &[&str], need: Duration) -> HashMap<String, String> {
+        let mut lost = HashMap::new();
+        let now = Instant::now();
+        let mut extend: Vec<(String, String)> = Vec::new();
+        let mut answer_by: Option<Instant> = None;
+        for &id in message_ids {
+            let Some((receipt, at)) = self.held.get(id) else {
+                lost.insert(id.to_owned(), "this run does not hold it".to_owned());
+                continue;
+            };
+            let end = *at + self.hold_for;
+            if now + HOLD_MARGIN + need < end {
+                continue;
+            }
+            if now + HOLD_MARGIN < end {
+                extend.push((id.to_owned(), receipt.clone()));
+                let by = end - HOLD_MARGIN;
+                answer_by = Some(answer_by.map_or(by, |b| b.min(by)));
+            } else {
+                lost.insert(
+                    id.to_owned(),
+                    "its hold on the parking queue ran out before its turn, so another run may have it".to_owned(),
+                );
+            }
+        }
+        let Some(by) = answer_by else {
+            return lost;
+        };
+        let receipts: Vec<String> = extend.iter().map(|(_, r)| r.clone()).collect();
+        let asked = Instant::now();
+        // An extension answered after `by` may have met a hold that was no longer ours.
+        let answers = match tokio::time::timeout_at(
+            by,
+            self.parking.extend(&receipts, self.hold_for),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => vec![Some(e.to_string()); receipts.len()],
+            Err(_) => vec![
+                Some(format!(
+                    "no answer within {} ms",
+                    by.saturating_duration_since(asked).as_millis()
+                ));
+                receipts.len()
+            ],
+        };
+        let now = Instant::now();
+        for (i, (id, _)) in extend.into_iter().enumerate() {
+            let why = match answers.get(i) {
+                Some(None) => {
+                    if let Some(h) = self.held.get_mut(&id) {
+                        h.1 = asked;
+                    }
+                    if now + HOLD_MARGIN + need < asked + self.hold_for {
+                        continue;
+                    }
+                    "extended, but not by enough to outlast the send".to_owned()
+                }
+                Some(Some(why)) => why.clone(),
+                None => "no answer for it".to_owned(),
+            };
+            lost.insert(
+                id,
+                format!("its hold on the parking queue could not be extended ({why})"),
+            );
+        }
+        lost
+    }
+
     /// Makes what this run still holds visible again.
     async fn finish(self) {
         let receipts: Vec<String> = self
             .held
             .into_values()
-            .filter(|(_, at)| at.elapsed() + RELEASE_MARGIN < self.hold_for)
+            .filter(|(_, at)| at.elapsed() + HOLD_MARGIN < self.hold_for)
             .map(|(r, _)| r)
             .collect();
         if !receipts.is_empty() {
@@ -337,6 +437,46 @@ fn listed(held: &Held, record: Result<ParkingRecord, String>, now_ms: u64) -> Li
             age_seconds: sent_age,
             content_truncated: false,
         },
+    }
+}
+
+/// Why a second record of a TMC id goes with the first.
+fn another_record_note(id: &str) -> String {
+    format!("another record of TMC id {id} was redriven in this run")
+}
+
+/// A selected message not yet sent or settled: its TMC id, the message, its record.
+type Waiting = (String, Held, Result<ParkingRecord, String>);
+
+/// Takes out of `list` the messages in `lost`, in order.
+fn take_lost(list: &mut Vec<Waiting>, lost: &HashMap<String, String>) -> Vec<Waiting> {
+    let (out, keep) = std::mem::take(list)
+        .into_iter()
+        .partition(|(_, h, _)| lost.contains_key(&h.message_id));
+    *list = keep;
+    out
+}
+
+/// Takes out of `list` the records of TMC id `id`, in order.
+fn take_id(list: &mut Vec<Waiting>, id: &str) -> Vec<Waiting> {
+    let (out, keep) = std::mem::take(list)
+        .into_iter()
+        .partition(|(i, _, _)| i == id);
+    *list = keep;
+    out
+}
+
+/// Second records of ids that could not be redriven stay parked with the first.
+fn push_repeats_failed(report: &mut RunReport, repeats: Vec<Waiting>) {
+    for (id, held, record) in repeats {
+        report.push_with(
+            &held,
+            &record,
+            Outcome::Failed,
+            Some(format!(
+                "another record of TMC id {id} could not be redriven; run redrive again"
+            )),
+        );
     }
 }
 
@@ -446,8 +586,9 @@ impl<P: ParkingQueue, Q: Queue> Parked<P, Q> {
                 .fetch_add(round.len() as u64, Ordering::Relaxed);
 
             // 1. Select and rebuild.
-            let mut to_send: Vec<(Held, Result<ParkingRecord, String>, Outgoing)> = Vec::new();
-            let mut repeats: Vec<(Held, Result<ParkingRecord, String>, String)> = Vec::new();
+            let mut waiting: Vec<Waiting> = Vec::new();
+            let mut entries: Vec<Outgoing> = Vec::new();
+            let mut repeats: Vec<Waiting> = Vec::new();
             for held in round {
                 let record = ParkingRecord::parse(&held.body);
                 if sel.full(report.selected) || !sel.filter.matches(&held.message_id, &record) {
@@ -465,35 +606,69 @@ impl<P: ParkingQueue, Q: Queue> Parked<P, Q> {
                     Err(why) => report.push_with(&held, &record, Outcome::Kept, Some(why)),
                     Ok(_) if sel.dry_run => report.push(&held, &record, Outcome::WouldRedrive),
                     Ok(out)
-                        if redriven.contains(&out.id)
-                            || to_send.iter().any(|(_, _, o)| o.id == out.id) =>
+                        if redriven.contains(&out.id) || entries.iter().any(|o| o.id == out.id) =>
                     {
-                        repeats.push((held, record, out.id))
+                        repeats.push((out.id, held, record))
                     }
-                    Ok(out) => to_send.push((held, record, out)),
+                    Ok(out) => {
+                        waiting.push((out.id.clone(), held, record));
+                        entries.push(out);
+                    }
                 }
             }
-            if to_send.is_empty() && repeats.is_empty() {
-                continue;
-            }
+            // Records of an id relayed in an earlier round go at once.
+            let (done, mut repeats): (Vec<_>, Vec<_>) = repeats
+                .into_iter()
+                .partition(|(id, _, _)| redriven.contains(id));
+            let done = done
+                .into_iter()
+                .map(|(id, held, record)| (held, record, Some(another_record_note(&id))))
+                .collect();
+            self.delete(&mut scan, &mut report, done, progress, true)
+                .await;
 
-            // 2. Send; only what SQS accepted may be deleted.
-            let mut by_id: HashMap<String, (Held, Result<ParkingRecord, String>)> = HashMap::new();
-            let mut entries = Vec::new();
-            for (held, record, out) in to_send {
-                by_id.insert(out.id.clone(), (held, record));
-                entries.push(out);
-            }
-            let mut to_delete: Vec<(Held, Result<ParkingRecord, String>, Option<String>)> =
-                Vec::new();
+            // 2. Send batch by batch, each only while every hold this round still needs is
+            //    sure; delete what SQS accepted at once, while its hold is still ours.
             let mut fatal = None;
             for batch in pack(entries) {
-                let deadline = Instant::now() + Duration::from_secs(30);
+                let ids: Vec<&str> = waiting
+                    .iter()
+                    .chain(&repeats)
+                    .map(|(_, h, _)| h.message_id.as_str())
+                    .collect();
+                let lost = scan.keep(&ids, SEND_WITHIN).await;
+                for list in [&mut waiting, &mut repeats] {
+                    for (_, held, record) in take_lost(list, &lost) {
+                        let why = &lost[&held.message_id];
+                        report.push_with(
+                            &held,
+                            &record,
+                            Outcome::Skipped,
+                            Some(format!("not sent: {why}; run redrive again")),
+                        );
+                    }
+                }
+                let batch: Vec<Outgoing> = batch
+                    .into_iter()
+                    .filter(|e| waiting.iter().any(|(id, _, _)| *id == e.id))
+                    .collect();
+                if batch.is_empty() {
+                    continue;
+                }
+                // The attempt ends before any of its holds does.
+                let deadline = waiting
+                    .iter()
+                    .filter(|(id, _, _)| batch.iter().any(|e| e.id == *id))
+                    .filter_map(|(_, h, _)| scan.hold_end(&h.message_id))
+                    .map(|end| end - HOLD_MARGIN)
+                    .fold(Instant::now() + SEND_WITHIN, Instant::min);
                 let answer = relay.send_batch(&batch, deadline).await;
+                let mut to_delete = Vec::new();
                 for (i, entry) in batch.iter().enumerate() {
-                    let Some((held, record)) = by_id.remove(&entry.id) else {
+                    let Some(at) = waiting.iter().position(|(id, _, _)| *id == entry.id) else {
                         continue;
                     };
+                    let (_, held, record) = waiting.remove(at);
                     let failure = match &answer {
                         Ok(outcomes) => match outcomes.get(i) {
                             Some(EntryOutcome::Accepted) => None,
@@ -513,16 +688,23 @@ impl<P: ParkingQueue, Q: Queue> Parked<P, Q> {
                         )),
                         Err(e) => Some((Outcome::Failed, e.to_string())),
                     };
+                    let same = take_id(&mut repeats, &entry.id);
                     match failure {
                         None => {
                             redriven.insert(entry.id.clone());
                             to_delete.push((held, record, None));
+                            for (_, h, r) in same {
+                                to_delete.push((h, r, Some(another_record_note(&entry.id))));
+                            }
                         }
                         Some((outcome, why)) => {
-                            report.push_with(&held, &record, outcome, Some(why))
+                            report.push_with(&held, &record, outcome, Some(why));
+                            push_repeats_failed(&mut report, same);
                         }
                     }
                 }
+                self.delete(&mut scan, &mut report, to_delete, progress, true)
+                    .await;
                 if let Err(e) = &answer {
                     if e.severity == Severity::Fatal {
                         fatal = Some(e.to_string());
@@ -531,38 +713,16 @@ impl<P: ParkingQueue, Q: Queue> Parked<P, Q> {
                 }
             }
             // Whatever a fatal error kept from being sent stays parked.
-            for (held, record) in by_id.into_values() {
+            for (id, held, record) in waiting {
                 report.push_with(
                     &held,
                     &record,
                     Outcome::Failed,
                     Some("not sent: the run stopped".into()),
                 );
+                push_repeats_failed(&mut report, take_id(&mut repeats, &id));
             }
-            for (held, record, id) in repeats {
-                if redriven.contains(&id) {
-                    to_delete.push((
-                        held,
-                        record,
-                        Some(format!(
-                            "another record of TMC id {id} was redriven in this run"
-                        )),
-                    ));
-                } else {
-                    report.push_with(
-                        &held,
-                        &record,
-                        Outcome::Failed,
-                        Some(format!(
-                            "another record of TMC id {id} could not be redriven; run redrive again"
-                        )),
-                    );
-                }
-            }
-
-            // 3. Delete what is safe in the relay queue.
-            self.delete(&mut scan, &mut report, to_delete, progress, true)
-                .await;
+            push_repeats_failed(&mut report, repeats);
             if let Some(e) = fatal {
                 report.error = Some(e);
                 break;

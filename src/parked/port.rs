@@ -1,11 +1,14 @@
-//! The parking queue as the `parked` commands see it: receive (and so hold), delete, release.
+//! The parking queue as the `parked` commands see it: receive (and so hold), extend a hold,
+//! delete, release.
 //! The SQS adapter is `super::sqs`; `MemoryParking` is for unit tests.
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::relay::ports::{PortError, Severity};
 
@@ -41,6 +44,15 @@ pub trait ParkingQueue: Send + Sync {
         receipts: &[String],
     ) -> impl Future<Output = Result<Vec<Option<String>>, PortError>> + Send;
 
+    /// Holds these messages for `hold_for` from now (SQS ChangeMessageVisibility); one answer
+    /// per receipt, in order: `None` when extended, or why not. Only a hold that has not run out
+    /// can be extended.
+    fn extend(
+        &self,
+        receipts: &[String],
+        hold_for: Duration,
+    ) -> impl Future<Output = Result<Vec<Option<String>>, PortError>> + Send;
+
     /// Makes held messages visible again at once (best effort: a message not released
     /// reappears when its hold runs out anyway).
     fn release(&self, receipts: &[String]) -> impl Future<Output = ()> + Send;
@@ -53,12 +65,23 @@ struct Stored {
     message_id: String,
     /// The parking record.
     body: String,
-    /// The receipt of the receive holding it, if one does; only that receipt deletes it.
-    held_by: Option<String>,
+    /// The latest receive's receipt, if any (only it deletes, extends or releases the message),
+    /// and until when that receive hides it.
+    held_by: Option<(String, Instant)>,
+}
+
+impl Stored {
+    fn held_now(&self, now: Instant) -> bool {
+        self.held_by.as_ref().is_some_and(|(_, until)| *until > now)
+    }
+
+    fn receipt(&self) -> Option<&str> {
+        self.held_by.as_ref().map(|(r, _)| r.as_str())
+    }
 }
 
 /// An in-memory parking queue: receive hides a message until its receipt releases or deletes
-/// it (holds never run out: tests release explicitly).
+/// it, or its hold runs out (on tokio's clock, so tests pause and advance it).
 #[derive(Debug, Default)]
 pub struct MemoryParking {
     /// Messages still in the queue, in sending order.
@@ -74,6 +97,12 @@ pub struct MemoryParking {
     /// Every hold runs out at once: a receive returns held messages again (a scan longer
     /// than its hold).
     pub holds_expire: AtomicBool,
+    /// Extends fail with this error (throttling, denied access).
+    pub fail_extend: Mutex<Option<PortError>>,
+    /// Holds extended so far.
+    pub extended: AtomicU64,
+    /// How long deletes and extends take to answer, after they are carried out.
+    pub latency: Mutex<Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -113,24 +142,42 @@ impl MemoryParking {
 
     /// How many messages are held by a receive that has not released them.
     pub fn held(&self) -> usize {
+        let now = Instant::now();
         lock(&self.stored)
             .iter()
-            .filter(|s| s.held_by.is_some())
+            .filter(|s| s.held_now(now))
             .count()
+    }
+
+    /// Until when a receive holds the message, if one does now.
+    pub fn hold_until(&self, message_id: &str) -> Option<Instant> {
+        let now = Instant::now();
+        lock(&self.stored)
+            .iter()
+            .find(|s| s.message_id == message_id && s.held_now(now))
+            .and_then(|s| s.held_by.as_ref().map(|(_, until)| *until))
+    }
+
+    async fn answer_after_latency(&self) {
+        let latency = *lock(&self.latency);
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
     }
 }
 
 impl ParkingQueue for MemoryParking {
-    async fn receive(&self, max: u32, _hold_for: Duration) -> Result<Vec<Held>, PortError> {
+    async fn receive(&self, max: u32, hold_for: Duration) -> Result<Vec<Held>, PortError> {
         if let Some(e) = lock(&self.fail_receive).clone() {
             return Err(e);
         }
+        let now = Instant::now();
         let mut stored = lock(&self.stored);
         let mut n = lock(&self.receipts);
         // Visible messages first; with `holds_expire`, held ones fill up the answer.
         let expire = self.holds_expire.load(Ordering::Relaxed);
         let (visible, held): (Vec<&mut Stored>, Vec<&mut Stored>) =
-            stored.iter_mut().partition(|s| s.held_by.is_none());
+            stored.iter_mut().partition(|s| !s.held_now(now));
         let mut out = Vec::new();
         let candidates = visible
             .into_iter()
@@ -141,7 +188,7 @@ impl ParkingQueue for MemoryParking {
             }
             *n += 1;
             let receipt = format!("r{n}");
-            s.held_by = Some(receipt.clone());
+            s.held_by = Some((receipt.clone(), now + hold_for));
             out.push(Held {
                 message_id: s.message_id.clone(),
                 receipt,
@@ -154,28 +201,62 @@ impl ParkingQueue for MemoryParking {
 
     async fn delete(&self, receipts: &[String]) -> Result<Vec<Option<String>>, PortError> {
         let fail = lock(&self.fail_delete).clone();
-        let mut stored = lock(&self.stored);
-        Ok(receipts
-            .iter()
-            .map(|r| {
-                let Some(i) = stored
-                    .iter()
-                    .position(|s| s.held_by.as_deref() == Some(r.as_str()))
-                else {
-                    return Some(format!("ReceiptHandleIsInvalid: {r}"));
-                };
-                if fail.contains(&stored[i].message_id) {
-                    return Some("InternalError: injected".into());
-                }
-                stored.remove(i);
-                None
-            })
-            .collect())
+        let answers = {
+            let mut stored = lock(&self.stored);
+            receipts
+                .iter()
+                .map(|r| {
+                    // The latest receipt deletes even after its hold ran out, as in SQS.
+                    let Some(i) = stored.iter().position(|s| s.receipt() == Some(r.as_str()))
+                    else {
+                        return Some(format!("ReceiptHandleIsInvalid: {r}"));
+                    };
+                    if fail.contains(&stored[i].message_id) {
+                        return Some("InternalError: injected".into());
+                    }
+                    stored.remove(i);
+                    None
+                })
+                .collect()
+        };
+        self.answer_after_latency().await;
+        Ok(answers)
+    }
+
+    async fn extend(
+        &self,
+        receipts: &[String],
+        hold_for: Duration,
+    ) -> Result<Vec<Option<String>>, PortError> {
+        if let Some(e) = lock(&self.fail_extend).clone() {
+            return Err(e);
+        }
+        let now = Instant::now();
+        let answers = {
+            let mut stored = lock(&self.stored);
+            receipts
+                .iter()
+                .map(|r| {
+                    let Some(s) = stored.iter_mut().find(|s| s.receipt() == Some(r.as_str()))
+                    else {
+                        return Some(format!("ReceiptHandleIsInvalid: {r}"));
+                    };
+                    if !s.held_now(now) {
+                        return Some(format!("MessageNotInflight: {r}"));
+                    }
+                    s.held_by = Some((r.clone(), now + hold_for));
+                    self.extended.fetch_add(1, Ordering::Relaxed);
+                    None
+                })
+                .collect()
+        };
+        self.answer_after_latency().await;
+        Ok(answers)
     }
 
     async fn release(&self, receipts: &[String]) {
         for s in lock(&self.stored).iter_mut() {
-            if s.held_by.as_ref().is_some_and(|r| receipts.contains(r)) {
+            if s.receipt().is_some_and(|r| receipts.iter().any(|x| x == r)) {
                 s.held_by = None;
             }
         }

@@ -1,6 +1,7 @@
 //! The parking queue on SQS. Kept out of `crate::aws` on purpose: these calls are the
-//! operator's (ReceiveMessage, DeleteMessage, ChangeMessageVisibility), not the function's,
-//! whose role the template test holds to exactly what `crate::aws` calls.
+//! operator's (ReceiveMessage, DeleteMessage, ChangeMessageVisibility to extend and release a
+//! hold), not the function's, whose role the template test holds to exactly what `crate::aws`
+//! calls.
 
 use std::time::Duration;
 
@@ -38,6 +39,32 @@ fn build_error(op: &'static str, e: impl std::fmt::Display) -> PortError {
     PortError::new(op, Severity::Permanent, e.to_string())
 }
 
+/// A hold as SQS's VisibilityTimeout: whole seconds, at most 12 hours.
+fn visibility_secs(hold_for: Duration) -> i32 {
+    hold_for.as_secs().min(43_200) as i32
+}
+
+/// One answer per entry of a batch of `len` (entry ids are their indexes): `None` for the
+/// successful, `code: message` for the failed, and a note for any SQS did not mention.
+fn per_entry<'a>(
+    len: usize,
+    successful: impl Iterator<Item = &'a str>,
+    failed: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+) -> Vec<Option<String>> {
+    let mut answers = vec![Some("no result for this entry".to_owned()); len];
+    for id in successful {
+        if let Some(a) = id.parse::<usize>().ok().and_then(|i| answers.get_mut(i)) {
+            *a = None;
+        }
+    }
+    for (id, code, message) in failed {
+        if let Some(a) = id.parse::<usize>().ok().and_then(|i| answers.get_mut(i)) {
+            *a = Some(format!("{code}: {message}"));
+        }
+    }
+    answers
+}
+
 impl ParkingQueue for SqsParking {
     async fn receive(&self, max: u32, hold_for: Duration) -> Result<Vec<Held>, PortError> {
         let out = self
@@ -45,7 +72,7 @@ impl ParkingQueue for SqsParking {
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(max.clamp(1, BATCH as u32) as i32)
-            .visibility_timeout(hold_for.as_secs().min(43_200) as i32)
+            .visibility_timeout(visibility_secs(hold_for))
             // Long polling asks every SQS server, so an empty answer means an empty queue
             // (short polling samples a few and may answer empty while messages remain).
             .wait_time_seconds(1)
@@ -84,43 +111,64 @@ impl ParkingQueue for SqsParking {
                         .map_err(|e| build_error("DeleteMessageBatch", e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let out = match self
+            let sent = self
                 .client
                 .delete_message_batch()
                 .queue_url(&self.url)
                 .set_entries(Some(entries))
                 .send()
-                .await
-            {
-                Ok(out) => out,
+                .await;
+            answers.extend(match sent {
+                Ok(out) => per_entry(
+                    chunk.len(),
+                    out.successful().iter().map(|ok| ok.id()),
+                    out.failed()
+                        .iter()
+                        .map(|f| (f.id(), f.code(), f.message().unwrap_or_default())),
+                ),
                 Err(e) => {
                     let e = port_error("DeleteMessageBatch", &e);
-                    answers.extend(chunk.iter().map(|_| Some(e.to_string())));
-                    continue;
+                    vec![Some(e.to_string()); chunk.len()]
                 }
-            };
-            let mut chunk_answers = vec![Some("no result for this entry".to_owned()); chunk.len()];
-            for ok in out.successful() {
-                if let Some(a) = ok
-                    .id()
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|i| chunk_answers.get_mut(i))
-                {
-                    *a = None;
-                }
-            }
-            for f in out.failed() {
-                if let Some(a) = f
-                    .id()
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|i| chunk_answers.get_mut(i))
-                {
-                    *a = Some(format!("{}: {}", f.code(), f.message().unwrap_or_default()));
-                }
-            }
-            answers.extend(chunk_answers);
+            });
+        }
+        Ok(answers)
+    }
+
+    async fn extend(
+        &self,
+        receipts: &[String],
+        hold_for: Duration,
+    ) -> Result<Vec<Option<String>>, PortError> {
+        let mut answers = Vec::with_capacity(receipts.len());
+        for chunk in receipts.chunks(BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .visibility_timeout(visibility_secs(hold_for))
+                        .build()
+                        .map_err(|e| build_error("ChangeMessageVisibilityBatch", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| port_error("ChangeMessageVisibilityBatch", &e))?;
+            answers.extend(per_entry(
+                chunk.len(),
+                out.successful().iter().map(|ok| ok.id()),
+                out.failed()
+                    .iter()
+                    .map(|f| (f.id(), f.code(), f.message().unwrap_or_default())),
+            ));
         }
         Ok(answers)
     }

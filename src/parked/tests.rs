@@ -538,3 +538,204 @@ async fn an_unreadable_parking_queue_is_an_error() {
     assert!(p.error.is_some());
     assert_eq!(t.parking.ids(), vec!["m0"]);
 }
+
+/// The parking queue shared by two runs.
+#[derive(Clone, Default)]
+struct SharedParking(Arc<MemoryParking>);
+
+impl ParkingQueue for SharedParking {
+    async fn receive(&self, max: u32, hold_for: Duration) -> Result<Vec<Held>, PortError> {
+        self.0.receive(max, hold_for).await
+    }
+    async fn delete(&self, receipts: &[String]) -> Result<Vec<Option<String>>, PortError> {
+        self.0.delete(receipts).await
+    }
+    async fn extend(
+        &self,
+        receipts: &[String],
+        hold_for: Duration,
+    ) -> Result<Vec<Option<String>>, PortError> {
+        self.0.extend(receipts, hold_for).await
+    }
+    async fn release(&self, receipts: &[String]) {
+        self.0.release(receipts).await
+    }
+}
+
+/// The relay queue shared by two runs: slow, giving up at the deadline as the SQS adapter
+/// does, and noting every send whose deadline is not the margin inside its message's hold.
+#[derive(Clone)]
+struct SlowRelay {
+    queue: Arc<MemoryQueue>,
+    parking: Arc<MemoryParking>,
+    /// TMC id → parking message id.
+    message_of: Arc<HashMap<String, String>>,
+    /// Sends that could outlive a hold, described.
+    unsafe_sends: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Queue for SlowRelay {
+    async fn send_batch(
+        &self,
+        entries: &[Outgoing],
+        deadline: Instant,
+    ) -> Result<Vec<EntryOutcome>, PortError> {
+        let now = Instant::now();
+        for e in entries {
+            let until = self
+                .message_of
+                .get(&e.id)
+                .and_then(|m| self.parking.hold_until(m));
+            if deadline > now + SEND_WITHIN || until.is_none_or(|u| deadline + HOLD_MARGIN > u) {
+                self.unsafe_sends.lock().unwrap().push(format!(
+                    "{} at {:?}: deadline {:?}, held until {:?}",
+                    e.id,
+                    now.elapsed(),
+                    deadline - now,
+                    until.map(|u| u - now)
+                ));
+            }
+        }
+        tokio::time::timeout_at(deadline, self.queue.send_batch(entries, deadline))
+            .await
+            .unwrap_or_else(|_| Err(PortError::timed_out("SendMessageBatch", deadline - now)))
+    }
+
+    fn is_fifo(&self) -> bool {
+        false
+    }
+}
+
+/// `n` parked records too large to share a batch (each one send), in a queue both runs share,
+/// and a relay queue taking `latency` per send.
+fn slow_setup(n: u64, latency: Duration) -> (SharedParking, SlowRelay) {
+    let parking = Arc::new(MemoryParking::default());
+    let mut message_of = HashMap::new();
+    for i in 0..n {
+        let mut raw = trade(A + i, "taobao_trade_TradeCreate");
+        raw["content"] = Value::String("x".repeat(520 * 1024));
+        let id = parking.push(record(raw, "sqs_rejected"));
+        message_of.insert((A + i).to_string(), id);
+    }
+    let queue = Arc::new(MemoryQueue::new("relay", Arc::default()));
+    *queue.latency.lock().unwrap() = latency;
+    let relay = SlowRelay {
+        queue,
+        parking: parking.clone(),
+        message_of: Arc::new(message_of),
+        unsafe_sends: Arc::default(),
+    };
+    (SharedParking(parking), relay)
+}
+
+fn run_on(parking: &SharedParking, relay: &SlowRelay) -> Parked<SharedParking, SlowRelay> {
+    Parked {
+        parking: parking.clone(),
+        relay: Some(relay.clone()),
+        fifo_group_by: FifoGroupBy::BizKey,
+        hold_for: HOLD_FOR,
+    }
+}
+
+async fn redrive_all(run: &Parked<SharedParking, SlowRelay>) -> RunReport {
+    run.redrive(&all(), &Progress::default()).await
+}
+
+/// TMC ids the relay queue accepted, and how many times each.
+fn copies(relay: &SlowRelay) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for id in relay.queue.ids() {
+        *n.entry(id).or_default() += 1;
+    }
+    n
+}
+
+fn details(r: &RunReport, outcome: Outcome) -> Vec<String> {
+    r.messages
+        .iter()
+        .filter(|d| d.outcome == outcome)
+        .map(|d| d.detail.clone().unwrap_or_default())
+        .collect()
+}
+
+/// Two redrives at once over a slow relay queue (25 s a send, one large record a send, so a
+/// round of 10 takes 250 s, twice the hold): the first extends its holds as it goes, so the
+/// second never receives what the first has yet to send, and each message is sent once, each
+/// send ending the margin inside its message's hold.
+#[tokio::test(start_paused = true)]
+async fn two_redrives_over_slow_sends_send_each_message_once() {
+    let (parking, relay) = slow_setup(15, Duration::from_secs(25));
+    let (a, b) = (run_on(&parking, &relay), run_on(&parking, &relay));
+    let (ra, rb) = tokio::join!(redrive_all(&a), redrive_all(&b));
+    let copies = copies(&relay);
+    assert_eq!(copies.len(), 15);
+    assert!(copies.values().all(|&n| n == 1), "{copies:?}");
+    assert_eq!(
+        (ra.outcomes.get("redriven"), rb.outcomes.get("redriven")),
+        (Some(&10), Some(&5))
+    );
+    assert!(ra.is_complete() && rb.is_complete(), "{ra:?} {rb:?}");
+    assert!(parking.0.ids().is_empty());
+    assert!(parking.0.extended.load(Ordering::Relaxed) > 0);
+    assert_eq!(*relay.unsafe_sends.lock().unwrap(), Vec::<String>::new());
+}
+
+/// A hold that must be extended but cannot be (throttled) is not sent and not deleted: the
+/// run reports it skipped, saying why, and lets it go; a second run that receives it after
+/// the first one's hold would have ended sends it, once.
+#[tokio::test(start_paused = true)]
+async fn a_hold_that_cannot_be_extended_is_skipped_not_sent() {
+    let (parking, relay) = slow_setup(6, Duration::from_secs(25));
+    *parking.0.fail_extend.lock().unwrap() = Some(PortError::throttled(
+        "ChangeMessageVisibilityBatch",
+        "ThrottlingException",
+    ));
+    let (a, b) = (run_on(&parking, &relay), run_on(&parking, &relay));
+    let (ra, rb) = tokio::join!(redrive_all(&a), async {
+        tokio::time::sleep(Duration::from_secs(122)).await;
+        redrive_all(&b).await
+    });
+    let copies = copies(&relay);
+    assert_eq!(copies.len(), 6);
+    assert!(copies.values().all(|&n| n == 1), "{copies:?}");
+    assert_eq!(
+        ra.outcomes,
+        BTreeMap::from([("redriven", 3), ("skipped", 3)])
+    );
+    for d in details(&ra, Outcome::Skipped) {
+        assert!(
+            d.starts_with("not sent: its hold on the parking queue could not be extended")
+                && d.contains("ThrottlingException")
+                && d.ends_with("run redrive again"),
+            "{d}"
+        );
+    }
+    assert!(!ra.is_complete());
+    assert_eq!(rb.outcomes, BTreeMap::from([("redriven", 3)]));
+    assert!(parking.0.ids().is_empty());
+    assert_eq!(*relay.unsafe_sends.lock().unwrap(), Vec::<String>::new());
+}
+
+/// A hold that ran out while the run waited (a delete answering after 130 s) is not sent,
+/// even though its receipt still names it: another run received it meanwhile and sends it.
+#[tokio::test(start_paused = true)]
+async fn a_hold_that_ran_out_is_not_sent() {
+    let (parking, relay) = slow_setup(2, Duration::ZERO);
+    *parking.0.latency.lock().unwrap() = Duration::from_secs(130);
+    let (a, b) = (run_on(&parking, &relay), run_on(&parking, &relay));
+    let (ra, rb) = tokio::join!(redrive_all(&a), async {
+        tokio::time::sleep(Duration::from_secs(121)).await;
+        redrive_all(&b).await
+    });
+    assert_eq!(
+        ra.outcomes,
+        BTreeMap::from([("redriven", 1), ("skipped", 1)])
+    );
+    assert_eq!(
+        details(&ra, Outcome::Skipped),
+        vec!["not sent: its hold on the parking queue ran out before its turn, so another run may have it; run redrive again"]
+    );
+    assert_eq!(rb.outcomes, BTreeMap::from([("redriven", 1)]));
+    assert_eq!(copies(&relay).values().sum::<usize>(), 2);
+    assert!(parking.0.ids().is_empty());
+}

@@ -250,8 +250,13 @@ const CONTROL_ESCAPES: [&str; 32] = [
     "\\u0018", "\\u0019", "\\u001a", "\\u001b", "\\u001c", "\\u001d", "\\u001e", "\\u001f",
 ];
 
-/// A parking record: the reason and the message's original fields. Content too large to
-/// park whole is cut, with its full size and a note.
+/// Real topics are short names; a longer one is cut in the `topic` attribute so that it cannot
+/// crowd the record out of the queue's limit (the record's `original` keeps what fits of it).
+const MAX_TOPIC_ATTRIBUTE: usize = 256;
+
+/// A parking record: the reason and the message's original fields. The whole message is kept
+/// whenever the record (body and attributes, as SQS counts them) fits the parking queue's
+/// `max_bytes`; otherwise as much of the content as fits, with its full size and a note.
 pub fn parking_entry(
     msg: &TmcMessage,
     group: &str,
@@ -273,48 +278,82 @@ pub fn parking_entry(
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         content_truncated: bool,
     }
-    let mut original = msg.original();
+    let mut attributes = vec![("reason_code", defect.code.to_owned())];
+    if let Some(id) = msg.id {
+        attributes.push(("tmc_id", id.to_string()));
+    }
+    if let Some(t) = msg.topic.as_deref().filter(|t| !t.is_empty()) {
+        attributes.push((
+            "topic",
+            sqs_safe_text(truncate_bytes(t, MAX_TOPIC_ATTRIBUTE)),
+        ));
+    }
+    let entry = |record: &Parked<'_>| Outgoing {
+        id: entry_id.to_owned(),
+        body: sqs_safe_json(record, 0),
+        attributes: attributes.clone(),
+        group_id: None,
+        dedup_id: None,
+    };
     let mut record = Parked {
         reason_code: defect.code,
         reason: &defect.reason,
         id: msg.id_string(),
         group_name: group,
         parked_at,
-        original: Value::Null,
+        original: msg.original(),
         content_bytes: None,
         content_truncated: false,
     };
-    let budget = max_bytes.saturating_sub(64 * 1024).max(1024);
-    if let Some(Value::String(c)) = original.get_mut("content") {
-        if c.len() > budget / 2 {
-            record.content_bytes = Some(c.len());
-            record.content_truncated = true;
-            let cut = truncate_bytes(c, budget / 2).to_owned();
-            *c = cut;
+    let whole = entry(&record);
+    if whole.wire_size() <= max_bytes {
+        return whole;
+    }
+    record.content_truncated = true;
+    if let Some(content) = msg.content.as_deref() {
+        record.content_bytes = Some(content.len());
+        // The record less its content, then as much content as fills the room left.
+        set_content(&mut record.original, "");
+        let rest = entry(&record).wire_size();
+        if rest <= max_bytes {
+            set_content(&mut record.original, json_prefix(content, max_bytes - rest));
+            return entry(&record);
         }
     }
-    record.original = original;
-    let mut body = sqs_safe_json(&record, 0);
-    if body.len() > budget {
-        // Something other than content is huge: keep the evidence we can.
-        record.original =
-            Value::String(truncate_bytes(&msg.original().to_string(), budget / 2).to_owned());
-        record.content_truncated = true;
-        body = sqs_safe_json(&record, 0);
+    // Something other than content is huge: keep as much of the message's JSON as fits.
+    record.original = Value::String(String::new());
+    let rest = entry(&record).wire_size();
+    let text = msg.original().to_string();
+    record.original = Value::String(json_prefix(&text, max_bytes.saturating_sub(rest)).to_owned());
+    entry(&record)
+}
+
+fn set_content(original: &mut Value, content: &str) {
+    if let Some(o) = original.as_object_mut() {
+        o.insert("content".to_owned(), Value::String(content.to_owned()));
     }
-    let mut attributes = vec![("reason_code", defect.code.to_owned())];
-    if let Some(id) = msg.id {
-        attributes.push(("tmc_id", id.to_string()));
+}
+
+/// The longest prefix of `s` that takes at most `room` bytes inside a JSON string as
+/// [`sqs_safe_json`] writes it.
+fn json_prefix(s: &str, room: usize) -> &str {
+    let mut used = 0;
+    for (i, c) in s.char_indices() {
+        used += json_len(c);
+        if used > room {
+            return &s[..i];
+        }
     }
-    if let Some(t) = msg.topic.as_deref().filter(|t| !t.is_empty()) {
-        attributes.push(("topic", sqs_safe_text(t)));
-    }
-    Outgoing {
-        id: entry_id.to_owned(),
-        body,
-        attributes,
-        group_id: None,
-        dedup_id: None,
+    s
+}
+
+/// The bytes `c` takes inside a JSON string as [`sqs_safe_json`] writes it: serde_json's
+/// escapes, and `\ufffe`/`\uffff` for the two characters SQS refuses raw.
+fn json_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        '\u{0}'..='\u{1f}' | '\u{FFFE}' | '\u{FFFF}' => 6,
+        c => c.len_utf8(),
     }
 }
 
@@ -554,6 +593,45 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        /// A parking record never exceeds the queue's limit; it keeps the whole message when that
+        /// fits, and otherwise a prefix of the content so long that one more character would not
+        /// fit (the longest escape is 6 bytes).
+        #[test]
+        fn a_parking_record_never_exceeds_the_limit_and_keeps_what_fits(
+            piece in tricky_text(),
+            repeat in 1usize..4000,
+            nick in 0usize..6000,
+            max_bytes in 2048usize..40_000,
+        ) {
+            let content = piece.repeat(repeat);
+            let mut m = real();
+            m.content = Some(content.clone());
+            m.user_nick = Some("n".repeat(nick));
+            let d = Defect { code: "sqs_rejected", reason: "r".into() };
+            let p = parking_entry(&m, "vip", &d, "T", max_bytes, "p0");
+            proptest::prop_assert!(p.wire_size() <= max_bytes, "{} > {max_bytes}", p.wire_size());
+            proptest::prop_assert!(p.body.chars().all(sqs_allowed));
+            let v: Value = serde_json::from_str(&p.body).unwrap();
+            match v["original"]["content"].as_str() {
+                Some(kept) if v.get("content_truncated").is_none() => {
+                    proptest::prop_assert_eq!(kept, content.as_str());
+                }
+                Some(kept) => {
+                    proptest::prop_assert!(content.starts_with(kept));
+                    proptest::prop_assert_eq!(v["content_bytes"].as_u64(), Some(content.len() as u64));
+                    proptest::prop_assert!(p.wire_size() + 6 > max_bytes, "{} left unused", max_bytes - p.wire_size());
+                }
+                None => {
+                    let text = v["original"].as_str().unwrap();
+                    proptest::prop_assert!(m.original().to_string().starts_with(text));
+                    proptest::prop_assert!(p.wire_size() + 6 > max_bytes);
+                }
+            }
+        }
+    }
+
     /// Missing id, topic or content are defects with codes; a null pub_time is not.
     #[test]
     fn defects() {
@@ -579,19 +657,96 @@ mod tests {
         assert!(ok.body.contains("\"pub_time\":null"));
     }
 
-    /// Content over the queue's limit is a `too_large` defect; its parking record fits.
+    /// Content over the queue's limit is a `too_large` defect; its parking record keeps as much
+    /// of it as fills the queue's limit exactly, with its full size and the mark.
     #[test]
-    fn oversized_content_is_parked_cut() {
+    fn oversized_content_is_parked_cut_to_fill_the_limit() {
         let mut m = real();
         m.content = Some("x".repeat(2 * 1024 * 1024));
         let d = relay_entry(&m, "g", None, 1 << 20).unwrap_err();
         assert_eq!(d.code, "too_large");
         let p = parking_entry(&m, "g", &d, "2026-01-01T00:00:00Z", 1 << 20, "p0");
-        assert!(p.wire_size() < 1 << 20);
+        assert_eq!(
+            p.wire_size(),
+            1 << 20,
+            "one more byte of content would not fit"
+        );
         let v: Value = serde_json::from_str(&p.body).unwrap();
         assert_eq!(v["content_bytes"], 2 * 1024 * 1024);
         assert_eq!(v["content_truncated"], true);
         assert_eq!(v["original"]["id"].as_u64(), Some(7104300007405429232));
+        let kept = v["original"]["content"].as_str().unwrap();
+        assert!(kept.len() > 1000 * 1024 && m.content.unwrap().starts_with(kept));
+    }
+
+    /// A 900 KiB content parks whole into a 1 MiB queue: nothing cut, nothing marked, and the
+    /// record rebuilds the very message the relay would have sent.
+    #[test]
+    fn a_900_kib_content_parks_whole_into_a_1_mib_queue() {
+        let mut m = real();
+        let content = format!(
+            r#"{{"num_iid":15380658823,"blob":"{}"}}"#,
+            "旗".repeat(300 * 1024)
+        );
+        assert!(content.len() >= 900 * 1024);
+        m.content = Some(content.clone());
+        let d = Defect {
+            code: "sqs_rejected",
+            reason: "InvalidMessageContents".into(),
+        };
+        let p = parking_entry(&m, "g", &d, "2026-01-01T00:00:00Z", 1 << 20, "p0");
+        assert!(p.wire_size() <= 1 << 20);
+        let v: Value = serde_json::from_str(&p.body).unwrap();
+        let kept = v["original"]["content"].as_str().unwrap_or_default();
+        assert!(
+            kept == content,
+            "kept {} of {} bytes",
+            kept.len(),
+            content.len()
+        );
+        assert!(v.get("content_bytes").is_none() && v.get("content_truncated").is_none());
+        let record = crate::parked::ParkingRecord::parse(&p.body).unwrap();
+        let rebuilt = crate::parked::rebuild(&record, None, 1 << 20).unwrap();
+        assert!(rebuilt == relay_entry(&m, "g", None, 1 << 20).unwrap());
+    }
+
+    /// Content that escapes to twice its size is cut by what it takes in the record, not by
+    /// its length: the record ends within one escaped character of the limit.
+    #[test]
+    fn escaped_content_is_cut_by_its_escaped_size() {
+        let mut m = real();
+        m.content = Some("\"".repeat(600 * 1024));
+        let d = Defect {
+            code: "sqs_rejected",
+            reason: "r".into(),
+        };
+        let p = parking_entry(&m, "g", &d, "T", 1 << 20, "p0");
+        assert!(
+            (1 << 20) - 1 <= p.wire_size() && p.wire_size() <= 1 << 20,
+            "{}",
+            p.wire_size()
+        );
+        let v: Value = serde_json::from_str(&p.body).unwrap();
+        assert_eq!(v["content_bytes"], 600 * 1024);
+        assert_eq!(v["content_truncated"], true);
+    }
+
+    /// When a field other than content is too large, the record keeps as much of the message's
+    /// JSON as fits, as text, marked, within the limit.
+    #[test]
+    fn a_huge_other_field_keeps_the_messages_json_cut_to_fit() {
+        let mut m = real();
+        m.user_nick = Some("n".repeat(2 * 1024 * 1024));
+        let d = Defect {
+            code: "sqs_rejected",
+            reason: "r".into(),
+        };
+        let p = parking_entry(&m, "g", &d, "T", 1 << 20, "p0");
+        assert_eq!(p.wire_size(), 1 << 20);
+        let v: Value = serde_json::from_str(&p.body).unwrap();
+        assert_eq!(v["content_truncated"], true);
+        let kept = v["original"].as_str().unwrap();
+        assert!(m.original().to_string().starts_with(kept));
     }
 
     /// A parking record keeps the reason and the original fields.

@@ -137,7 +137,16 @@ struct State {
     requests: u64,
     timeouts: u64,
     throttles: u64,
+    /// When the service last throttled a request.
+    last_throttle: Option<Instant>,
+    /// Urgent writes (receipts, renewals) still trying: while the service throttles, other
+    /// requests wait for them.
+    urgent: usize,
 }
+
+/// How long after a throttle the service counts as throttling: while it does, no new batch
+/// is consumed and claims wait for the urgent writes.
+pub const THROTTLE_MEMORY: Duration = Duration::from_secs(1);
 
 /// Samples since the limit last moved.
 #[derive(Debug, Default)]
@@ -186,6 +195,8 @@ impl Limiter {
                 requests: 0,
                 timeouts: 0,
                 throttles: 0,
+                last_throttle: None,
+                urgent: 0,
             }),
             changed: Notify::new(),
             cfg,
@@ -278,6 +289,7 @@ impl Limiter {
         F: FnOnce(Instant) -> Fut,
         Fut: Future<Output = Result<T, PortError>>,
     {
+        self.yield_to_urgent(deadline).await;
         let Some(permit) = self.acquire(deadline).await else {
             return Err(PortError::new(
                 operation,
@@ -329,6 +341,45 @@ impl Limiter {
         r
     }
 
+    /// True while the service throttles (a throttle within [`THROTTLE_MEMORY`]).
+    pub fn throttling(&self) -> bool {
+        self.lock()
+            .last_throttle
+            .is_some_and(|t| t.elapsed() < THROTTLE_MEMORY)
+    }
+
+    /// Marks an urgent write as trying until the guard is dropped (see [`Limiter::call`]).
+    pub fn urgent(&self) -> Urgent<'_> {
+        self.lock().urgent += 1;
+        Urgent { limiter: self }
+    }
+
+    /// While the service throttles and urgent writes are still trying, a normal request waits
+    /// (until `deadline`): the few writes that keep messages from coming back as copies get
+    /// the capacity first.
+    async fn yield_to_urgent(&self, deadline: Instant) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let wait = {
+                let st = self.lock();
+                st.urgent > 0
+                    && st
+                        .last_throttle
+                        .is_some_and(|t| t.elapsed() < THROTTLE_MEMORY)
+            };
+            if !wait || Instant::now() >= deadline {
+                return;
+            }
+            tokio::select! {
+                _ = &mut changed => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
     /// A snapshot for the report.
     pub fn report(&self) -> LimiterReport {
         let st = self.lock();
@@ -366,6 +417,7 @@ impl Limiter {
             }
             Signal::Throttled => {
                 st.throttles += 1;
+                st.last_throttle = Some(Instant::now());
                 st.window.dropped = true;
                 st.window.samples += 1;
             }
@@ -536,6 +588,21 @@ impl Limiter {
     }
 }
 
+/// An urgent write that is still trying (see [`Limiter::urgent`]).
+#[derive(Debug)]
+pub struct Urgent<'a> {
+    limiter: &'a Limiter,
+}
+
+impl Drop for Urgent<'_> {
+    fn drop(&mut self) {
+        let mut st = self.limiter.lock();
+        st.urgent = st.urgent.saturating_sub(1);
+        drop(st);
+        self.limiter.changed.notify_waiters();
+    }
+}
+
 /// The relay's limiters: one per AWS service it calls.
 #[derive(Debug)]
 pub struct Flow {
@@ -610,7 +677,9 @@ impl Flow {
             tokio::pin!(sqs, ddb);
             sqs.as_mut().enable();
             ddb.as_mut().enable();
-            if self.sqs.drain_time().max(self.dynamodb.drain_time()) <= lead
+            // A throttling table is back-pressure like a slow one: no new batch meanwhile.
+            let throttling = self.dynamodb.throttling();
+            if (!throttling && self.sqs.drain_time().max(self.dynamodb.drain_time()) <= lead)
                 || Instant::now() >= deadline
             {
                 return;
@@ -618,6 +687,7 @@ impl Flow {
             tokio::select! {
                 _ = &mut sqs => {}
                 _ = &mut ddb => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)), if throttling => {}
                 _ = tokio::time::sleep_until(deadline) => return,
             }
         }

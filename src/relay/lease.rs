@@ -18,7 +18,7 @@
 //! redelivery is confirmed without being sent again.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -27,8 +27,8 @@ use tokio::time::Instant;
 
 use super::flow::Limiter;
 use super::ports::{
-    BatchRecord, ClaimItem, DedupStore, InsertOutcome, Key, NewClaim, PortError, Settle, Severity,
-    Stored, TakeOver, READ_CHUNK,
+    BatchRecord, ClaimItem, DedupStore, InsertOutcome, Key, NewClaim, PortError, Renewal, Settle,
+    Severity, Stored, TakeOver, READ_CHUNK,
 };
 use super::send::backoff;
 use crate::top::clock::epoch_millis;
@@ -85,6 +85,10 @@ pub struct LeasePolicy {
     pub retention: Duration,
     /// Requests in flight per batch at most (the flow limit decides below it).
     pub parallelism: usize,
+    /// How far a host's clock may be from the servers' (`MAX_CLOCK_OFFSET_MS`, checked at
+    /// start). Two hosts may then differ by twice this, so a holder stops sending that much
+    /// before its lease ends by its own clock.
+    pub clock_allowance: Duration,
 }
 
 impl Default for LeasePolicy {
@@ -95,9 +99,16 @@ impl Default for LeasePolicy {
             max_attempts: 4,
             retention: Duration::from_secs(7 * 24 * 3600),
             parallelism: 32,
+            clock_allowance: DEFAULT_CLOCK_ALLOWANCE,
         }
     }
 }
+
+/// The default `clock_allowance`.
+pub const DEFAULT_CLOCK_ALLOWANCE: Duration = Duration::from_secs(2);
+
+/// A send is not started with less than this left of the lease (after the allowance).
+const LEAST_SEND_TIME: Duration = Duration::from_millis(500);
 
 impl LeasePolicy {
     /// A batch's lease: three times the slowest batch seen, within the floor and ceiling. The
@@ -149,7 +160,7 @@ pub fn decide(
     };
     if r.accepted.contains(&item.id) {
         Decision::Done
-    } else if (!r.settled && r.lease_until_ms >= now_ms)
+    } else if (!r.settled && !r.fenced && r.lease_until_ms >= now_ms)
         || (r.settled && r.held.contains(&item.id) && r.hold_until_ms >= now_ms)
     {
         // A live batch's, or its send outcome unknown for a while yet.
@@ -165,6 +176,46 @@ pub struct BatchLease {
     pub token: String,
     pub lease: Duration,
     pub expires_at: u64,
+    /// What the holder knows of its lease: shared by its sends (the fence) and its heartbeat.
+    pub state: Arc<LeaseState>,
+}
+
+/// How long a lease is surely its holder's, by the holder's clock.
+#[derive(Debug, Default)]
+pub struct LeaseState {
+    /// Epoch ms: when the last write of the lease that is known to hold was sent, plus the
+    /// lease. The stored lease ends no earlier (a write only moves it forward).
+    valid_until_ms: AtomicU64,
+    /// A renewal found the lease lapsed or fenced by a takeover: it is gone for good.
+    lost: AtomicBool,
+}
+
+impl LeaseState {
+    fn extend_to(&self, until_ms: u64) {
+        self.valid_until_ms.fetch_max(until_ms, Ordering::SeqCst);
+    }
+
+    fn lose(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+    }
+
+    /// True once a renewal found the lease gone.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// The epoch ms until which the lease is known to hold.
+    pub fn valid_until_ms(&self) -> u64 {
+        self.valid_until_ms.load(Ordering::SeqCst)
+    }
+}
+
+/// A written receipt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// Written after the batch's lease could have lapsed (or after it was lost): its accepted
+    /// ids may have been taken over and sent again by another batch.
+    pub late: bool,
 }
 
 /// What the claims of a batch decided, by id.
@@ -191,61 +242,129 @@ pub struct Leases<'a, D> {
 }
 
 impl<D: DedupStore> Leases<'_, D> {
-    /// Writes the batch's record with a live lease. Nothing is claimed without it.
+    /// Writes the batch's record with a live lease. Nothing is claimed without it. The lease
+    /// is counted from when its write was sent (the first attempt's, since a later attempt
+    /// may find the first one's record), not from before the wait for a place.
     pub async fn begin(
         &self,
         token: String,
         lease: Duration,
         deadline: Instant,
     ) -> Result<BatchLease, PortError> {
-        let now = self.clock.now_ms();
-        let expires_at = now / 1000 + self.policy.retention.as_secs();
-        let record = BatchRecord {
-            token: token.clone(),
-            lease_until_ms: now.saturating_add(millis(lease)),
-            expires_at,
-            ..BatchRecord::default()
-        };
-        self.retried("PutItem", deadline, |d| self.store.put_batch(&record, d))
-            .await?;
+        let expires_at = self.clock.now_ms() / 1000 + self.policy.retention.as_secs();
+        let first_sent = AtomicU64::new(u64::MAX);
+        self.retried("PutItem", deadline, |d| {
+            let now = self.clock.now_ms();
+            first_sent.fetch_min(now, Ordering::SeqCst);
+            let record = BatchRecord {
+                token: token.clone(),
+                lease_until_ms: now.saturating_add(millis(lease)),
+                expires_at,
+                ..BatchRecord::default()
+            };
+            async move { self.store.put_batch(&record, d).await }
+        })
+        .await?;
+        let state = Arc::new(LeaseState::default());
+        state.extend_to(
+            first_sent
+                .load(Ordering::SeqCst)
+                .saturating_add(millis(lease)),
+        );
         Ok(BatchLease {
             token,
             lease,
             expires_at,
+            state,
         })
     }
 
-    /// Moves the lease on every third of it, for as long as it is polled: run it beside the
-    /// batch's work and drop it when the work is done. A failed renewal is only logged: the
-    /// next one may succeed before the lease ends.
+    /// Until when the holder may have a send in flight: `None` once the lease is lost, or
+    /// when less than [`LEAST_SEND_TIME`] is left of it after twice the clock allowance (the
+    /// most two hosts' clocks may differ). Checked before every send request, whose attempt
+    /// ends by then: a lease that lapses stops its holder before another batch can take over.
+    pub fn send_until(&self, lease: &BatchLease) -> Option<Instant> {
+        if lease.state.is_lost() {
+            return None;
+        }
+        let margin = millis(self.policy.clock_allowance.saturating_mul(2));
+        let end = lease.state.valid_until_ms().checked_sub(margin)?;
+        let left = Duration::from_millis(end.checked_sub(self.clock.now_ms())?);
+        if left < LEAST_SEND_TIME {
+            return None;
+        }
+        Instant::now().checked_add(left)
+    }
+
+    /// Moves the lease on every third of it, retrying within each third, until the lease is
+    /// lost or the receipt is written; run it beside the batch's work, receipt included. A
+    /// renewal only extends a live lease: once it finds the lease lapsed or fenced, the lease
+    /// is marked lost (the sends stop) and the heartbeat ends.
     pub async fn heartbeat(&self, lease: &BatchLease, deadline: Instant) {
         let every = lease.lease / 3;
+        let mut tick = Instant::now();
         loop {
-            tokio::time::sleep(every).await;
-            let until = self.clock.now_ms().saturating_add(millis(lease.lease));
-            // Urgent like the receipt: a lease that lapses while its batch works lets another
-            // pass send the batch's messages again.
-            let r = self
-                .limiter
-                .call_urgent("UpdateItem", deadline, |d| {
-                    self.store.renew_batch(&lease.token, until, d)
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(batch = lease.token, error = %e, "lease renewal failed");
+            // Ticks keep their schedule: retries within one never push the next one back.
+            tick = tick.checked_add(every).unwrap_or(deadline);
+            tokio::time::sleep_until(tick).await;
+            let tick_end = tick
+                .checked_add(every)
+                .map_or(deadline, |t| t.min(deadline));
+            let _urgent = self.limiter.urgent();
+            let mut round = 0;
+            loop {
+                round += 1;
+                // Urgent like the receipt: a lease that lapses while its batch works lets
+                // another pass send the batch's messages again.
+                let r = self
+                    .limiter
+                    .call_urgent("UpdateItem", tick_end, |d| {
+                        let now = self.clock.now_ms();
+                        let until = now.saturating_add(millis(lease.lease));
+                        async move {
+                            let r = self.store.renew_batch(&lease.token, until, now, d).await;
+                            r.map(|renewal| (renewal, until))
+                        }
+                    })
+                    .await;
+                match r {
+                    Ok((Renewal::Renewed, until)) => {
+                        lease.state.extend_to(until);
+                        break;
+                    }
+                    Ok((Renewal::Settled, _)) => return,
+                    Ok((Renewal::Lost, _)) => {
+                        tracing::warn!(
+                            batch = lease.token,
+                            "the batch's lease lapsed or was taken over: it sends no more"
+                        );
+                        lease.state.lose();
+                        return;
+                    }
+                    Err(e) => {
+                        let pause = backoff(round);
+                        if e.severity != Severity::Retryable || !fits(pause, tick_end) {
+                            tracing::warn!(batch = lease.token, error = %e, "lease renewal failed");
+                            break;
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                }
             }
         }
     }
 
     /// Writes the receipt and ends the lease. Until it succeeds, none of the batch's sends
-    /// may be confirmed: a redelivery could not tell they are in SQS.
+    /// may be confirmed: a redelivery could not tell they are in SQS. Retried with capped,
+    /// jittered backoff until `deadline` (a throttling storm is waited out, not given up on);
+    /// claims of other batches yield to it meanwhile. Every attempt writes the same item.
     pub async fn settle(
         &self,
         lease: &BatchLease,
         accepted: Vec<u64>,
         held: Vec<u64>,
         deadline: Instant,
-    ) -> Result<(), PortError> {
+    ) -> Result<Settled, PortError> {
         let now = self.clock.now_ms();
         let (mut accepted, mut held) = (accepted, held);
         accepted.sort_unstable();
@@ -260,10 +379,35 @@ impl<D: DedupStore> Leases<'_, D> {
             lease_until_ms: now,
             expires_at: lease.expires_at,
         };
-        self.retried_as(Urgency::Urgent, "PutItem", deadline, |d| {
-            self.store.settle_batch(&settle, d)
-        })
-        .await
+        let _urgent = self.limiter.urgent();
+        let mut round = 0;
+        loop {
+            round += 1;
+            let r = self
+                .limiter
+                .call_urgent("PutItem", deadline, |d| self.store.settle_batch(&settle, d))
+                .await;
+            match r {
+                Ok(()) => {
+                    // Written after the sends' fence point: another batch may have taken the
+                    // claims over meanwhile and sent them again.
+                    let late =
+                        lease.state.is_lost()
+                            || self.clock.now_ms().saturating_add(millis(
+                                self.policy.clock_allowance.saturating_mul(2),
+                            )) >= lease.state.valid_until_ms();
+                    return Ok(Settled { late });
+                }
+                Err(e) if e.severity == Severity::Retryable => {
+                    let pause = backoff(round);
+                    if !fits(pause, deadline) {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Claims `ids` for the batch: inserts first (batched), then decides the ids that met an
@@ -494,6 +638,39 @@ impl<D: DedupStore> Leases<'_, D> {
                 Decision::TakeOver => takeovers.push(item),
             }
         }
+        // A live-looking record may be renewed between our read and our takeover: fence it
+        // first, conditioned on exactly what we judged, so its holder can never renew (or
+        // send under) that lease again. One fence per record; settled records never change.
+        let to_fence: HashMap<String, u64> = takeovers
+            .iter()
+            .filter_map(|i| i.batch.as_ref())
+            .filter_map(|b| records.get(b))
+            .filter(|r| !r.settled && !r.fenced)
+            .map(|r| (r.token.clone(), r.lease_until_ms))
+            .collect();
+        let fenced: HashMap<String, Result<bool, PortError>> =
+            stream::iter(to_fence.into_iter().map(|(token, judged)| async move {
+                let r = self
+                    .limiter
+                    .call("UpdateItem", deadline, |d| {
+                        self.store.fence_batch(&token, judged, d)
+                    })
+                    .await;
+                (token, r)
+            }))
+            .buffer_unordered(self.policy.parallelism.max(1))
+            .collect()
+            .await;
+        let mut ready = Vec::with_capacity(takeovers.len());
+        for item in takeovers {
+            match item.batch.as_ref().and_then(|b| fenced.get(b)) {
+                None | Some(Ok(true)) => ready.push(item),
+                // Renewed or settled since we read it: look again next round.
+                Some(Ok(false)) => out.push((item.id, Resolved::Again(None))),
+                Some(Err(e)) => out.push((item.id, Resolved::Again(Some(e.clone())))),
+            }
+        }
+        let takeovers = ready;
         let new_lease_until = now.saturating_add(millis(lease.lease));
         let taken = stream::iter(takeovers.into_iter().map(|old| async move {
             let new = NewClaim {
@@ -561,28 +738,10 @@ impl<D: DedupStore> Leases<'_, D> {
         F: Fn(Instant) -> Fut,
         Fut: std::future::Future<Output = Result<R, PortError>>,
     {
-        self.retried_as(Urgency::Normal, op, deadline, attempt)
-            .await
-    }
-
-    async fn retried_as<R, F, Fut>(
-        &self,
-        urgency: Urgency,
-        op: &'static str,
-        deadline: Instant,
-        attempt: F,
-    ) -> Result<R, PortError>
-    where
-        F: Fn(Instant) -> Fut,
-        Fut: std::future::Future<Output = Result<R, PortError>>,
-    {
         let mut round = 0;
         loop {
             round += 1;
-            let r = match urgency {
-                Urgency::Normal => self.limiter.call(op, deadline, &attempt).await,
-                Urgency::Urgent => self.limiter.call_urgent(op, deadline, &attempt).await,
-            };
+            let r = self.limiter.call(op, deadline, &attempt).await;
             match &r {
                 Err(e) if e.severity == Severity::Retryable && round < self.policy.max_attempts => {
                     let pause = backoff(round);
@@ -595,14 +754,6 @@ impl<D: DedupStore> Leases<'_, D> {
             }
         }
     }
-}
-
-/// Whether a request waits for a place within the flow limit.
-#[derive(Clone, Copy, Debug)]
-enum Urgency {
-    Normal,
-    /// A receipt (or a renewal): never queued behind the limit.
-    Urgent,
 }
 
 #[derive(Debug)]

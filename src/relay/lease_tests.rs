@@ -36,6 +36,7 @@ fn record(lease_until_ms: u64, settled: bool, accepted: &[u64], held: &[u64]) ->
         held: held.to_vec(),
         hold_until_ms: NOW + 30_000,
         settled,
+        fenced: false,
     }
 }
 
@@ -85,6 +86,24 @@ fn the_rules() {
         (item(1, None, Some("parked"), 0), None, Done),
         (item(1, None, Some("claimed"), live), None, Held),
         (item(1, None, Some("claimed"), dead), None, TakeOver),
+        // Fenced by a batch taking it over: never held again, however live its time.
+        (
+            item(1, other, None, live),
+            Some(BatchRecord {
+                fenced: true,
+                ..record(live, false, &[], &[])
+            }),
+            TakeOver,
+        ),
+        // A receipt written after a fence still says what SQS accepted.
+        (
+            item(1, other, None, live),
+            Some(BatchRecord {
+                fenced: true,
+                ..record(dead, true, &[1], &[])
+            }),
+            Done,
+        ),
     ];
     for (i, (it, rec, want)) in cases.into_iter().enumerate() {
         assert_eq!(decide(&it, rec.as_ref(), "mine", NOW), want, "case {i}");
@@ -250,9 +269,9 @@ fn throttle(store: &MemoryStore, kind: &'static str) {
         .insert(kind, crate::relay::memory::throttled("PutItem"));
 }
 
-/// A receipt that cannot be written: nothing of the batch is confirmed. Its redelivery is
-/// held while the lease lasts, then sent again: a copy, never a loss.
-#[tokio::test]
+/// A receipt that cannot be written before the deadline: nothing of the batch is confirmed.
+/// Its redelivery is held while the lease lasts, then sent again: a copy, never a loss.
+#[tokio::test(start_paused = true)]
 async fn unwritable_receipt_confirms_nothing() {
     let clock = Clock::manual(NOW);
     let (r, log) = relay_on(&clock, MemoryStore::new());
@@ -441,4 +460,268 @@ async fn a_pass_out_of_time_still_writes_its_receipt() {
         "one copy of each of the 5 in flight, none of the 20"
     );
     assert_eq!(confirmed(&log).len(), 45);
+}
+
+/// Moves a manual clock along with tokio's (paused) time, as a host's wall clock would.
+fn follow_tokio_time(clock: &Clock) -> tokio::task::JoinHandle<()> {
+    let clock = clock.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            clock.advance(Duration::from_millis(100));
+        }
+    })
+}
+
+/// Makes the store throttle every request of this kind from `from_now` for `how_long`.
+fn storm(store: &MemoryStore, kind: &'static str, from_now: Duration, how_long: Duration) {
+    let start = Instant::now() + from_now;
+    store.storms.lock().unwrap().push((
+        kind,
+        start,
+        start + how_long,
+        crate::relay::memory::throttled("PutItem"),
+    ));
+}
+
+/// The lease store's record of a batch.
+fn record_of(store: &MemoryStore, token_prefix: &str) -> BatchRecord {
+    store
+        .batches
+        .lock()
+        .unwrap()
+        .values()
+        .find(|r| r.token.starts_with(token_prefix))
+        .cloned()
+        .expect("a batch record")
+}
+
+/// A throttling storm on the receipt's write costs time, not copies: the receipt is retried
+/// until the storm ends, within the pass's deadline, and the batch is confirmed.
+#[tokio::test(start_paused = true)]
+async fn a_receipt_outlasts_a_throttle_storm() {
+    let clock = Clock::manual(NOW);
+    let (r, log) = relay_on(&clock, MemoryStore::new());
+    storm(&r.store, "settle", Duration::ZERO, Duration::from_secs(20));
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    let c = &rep.counts;
+    assert_eq!((c.enqueued, c.unsettled, c.confirmed), (2, 0, 2), "{c:?}");
+    assert!(
+        r.store.requests_of("settle") > 4,
+        "retried through the storm"
+    );
+    assert_eq!(confirmed(&log), vec![1, 2]);
+    assert_confirmed_after_acceptance(&log);
+}
+
+/// While a receipt is held up for longer than a lease, the heartbeat keeps the lease: a
+/// redelivery meanwhile is held, not taken over and sent again.
+#[tokio::test(start_paused = true)]
+async fn the_heartbeat_runs_until_the_receipt_is_written() {
+    let clock = Clock::manual(NOW);
+    let _time = follow_tokio_time(&clock);
+    let (r, log) = relay_on(&clock, MemoryStore::new());
+    storm(&r.store, "settle", Duration::ZERO, Duration::from_secs(100));
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let pass = {
+        let r = Arc::clone(&r);
+        tokio::spawn(async move {
+            r.run(PassOptions {
+                deadline: Instant::now() + Duration::from_secs(120),
+                ..opts()
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(LEASE + Duration::from_secs(20)).await;
+    let rec = record_of(&r.store, "b-");
+    assert!(!rec.settled);
+    assert!(
+        rec.lease_until_ms > clock.now_ms(),
+        "the lease lapsed while its receipt was retried: {} <= {}",
+        rec.lease_until_ms,
+        clock.now_ms()
+    );
+    let rep = pass.await.unwrap();
+    assert_eq!((rep.counts.unsettled, rep.counts.lease_lost), (0, 0));
+    assert_eq!(confirmed(&log), vec![1, 2]);
+}
+
+/// A batch whose renewals all fail lets its lease lapse: it stops sending before the lease
+/// ends (less the clock allowance), leaves the rest for redelivery, and counts what it sent
+/// as at risk of a copy.
+#[tokio::test(start_paused = true)]
+async fn a_holder_whose_lease_lapsed_sends_no_more() {
+    let clock = Clock::manual(NOW);
+    let _time = follow_tokio_time(&clock);
+    let (r, log) = relay_on(&clock, MemoryStore::new());
+    storm(&r.store, "renew", Duration::ZERO, Duration::from_secs(3600));
+    // One request at a time, 10 s each: 20 requests would take 200 s.
+    *r.queue.latency.lock().unwrap() = Duration::from_secs(10);
+    *r.queue.workers.lock().unwrap() = Some(Arc::new(tokio::sync::Semaphore::new(1)));
+    r.tmc.push(Ok(batch(1_000, 200)));
+    let rep = r
+        .run(PassOptions {
+            deadline: Instant::now() + Duration::from_secs(600),
+            ..opts()
+        })
+        .await;
+    let c = &rep.counts;
+    // The lease (60 s) less twice the allowance (2 s) leaves 56 s: at most 6 requests of 10.
+    assert!(c.enqueued <= 60, "sent past the lease: {c:?}");
+    assert!(c.enqueued >= 10, "{c:?}");
+    assert_eq!(c.enqueued + c.deferred, 200, "{c:?}");
+    // A request cut off at the fence may have been stored: its entries are of unknown outcome
+    // (held in the receipt, never confirmed).
+    assert_eq!(
+        r.queue.ids().len() as u64,
+        c.enqueued + c.unknown_outcome,
+        "{c:?}"
+    );
+    assert_eq!(c.lease_lost, c.enqueued, "{c:?}");
+    assert_eq!(c.confirmed, c.enqueued, "{c:?}");
+    assert_confirmed_after_acceptance(&log);
+}
+
+/// A renewal that fails is retried within its tick, so a short storm does not eat a third
+/// of the lease.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_is_retried_within_its_tick() {
+    let clock = Clock::manual(NOW);
+    let _time = follow_tokio_time(&clock);
+    let (r, _) = relay_on(&clock, MemoryStore::new());
+    // The first renewal (at 20 s) meets a storm until 25 s.
+    storm(
+        &r.store,
+        "renew",
+        Duration::from_secs(19),
+        Duration::from_secs(6),
+    );
+    *r.queue.latency.lock().unwrap() = Duration::from_secs(10);
+    *r.queue.workers.lock().unwrap() = Some(Arc::new(tokio::sync::Semaphore::new(1)));
+    r.tmc.push(Ok(batch(1_000, 60)));
+    let pass = {
+        let r = Arc::clone(&r);
+        tokio::spawn(async move { r.run(opts_for(Duration::from_secs(600))).await })
+    };
+    tokio::time::sleep(Duration::from_secs(32)).await;
+    let rec = record_of(&r.store, "b-");
+    let left = rec.lease_until_ms.saturating_sub(clock.now_ms());
+    assert!(
+        left > 45_000,
+        "not renewed after the storm: {left} ms of the lease left"
+    );
+    pass.await.unwrap();
+}
+
+fn opts_for(budget: Duration) -> PassOptions {
+    PassOptions {
+        deadline: Instant::now() + budget,
+        ..opts()
+    }
+}
+
+/// A lease counts from when its write was sent, not from before the wait for a place.
+#[tokio::test(start_paused = true)]
+async fn a_lease_counts_from_when_its_write_was_sent() {
+    let clock = Clock::manual(NOW);
+    let _time = follow_tokio_time(&clock);
+    let store = MemoryStore::new();
+    let limiter =
+        crate::relay::flow::Limiter::new("dynamodb", crate::relay::flow::LimitConfig::new(1));
+    let policy = LeasePolicy::default();
+    let leases = Leases {
+        store: &store,
+        limiter: &limiter,
+        policy: &policy,
+        clock: &clock,
+    };
+    let far = Instant::now() + Duration::from_secs(3600);
+    // Another request holds the only place for 30 s.
+    let busy = limiter.acquire(far).await.expect("a place");
+    let begin = leases.begin("late".into(), LEASE, far);
+    let free = async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(busy);
+    };
+    let (lease, ()) = tokio::join!(begin, free);
+    let lease = lease.unwrap();
+    let rec = record_of(&store, "late");
+    // The follower moves the clock in 100 ms steps.
+    let sent_at_least = NOW + 29_800;
+    assert!(
+        rec.lease_until_ms >= sent_at_least + 60_000,
+        "lease counted from before the wait: {}",
+        rec.lease_until_ms - NOW
+    );
+    assert!(lease.state.valid_until_ms() <= rec.lease_until_ms);
+    assert!(lease.state.valid_until_ms() >= sent_at_least + 60_000);
+}
+
+/// A takeover judged on a record that a renewal then moved on fails: the claim is decided
+/// again on the renewed record (held), never taken from a live holder.
+#[tokio::test]
+async fn a_takeover_fails_when_the_record_changed_since_it_was_read() {
+    let clock = Clock::manual(NOW);
+    let (r, log) = relay_on(&clock, MemoryStore::new());
+    dead_batch(&r.store, &clock, &[1, 2], None).await;
+    clock.advance(LEASE + Duration::from_secs(1));
+    // The holder was only slow: its renewal lands between our read and our fence.
+    let renewed_to = clock.now_ms() + LEASE.as_millis() as u64;
+    *r.store.before_fence.lock().unwrap() = Some(Box::new(move |rec: &mut BatchRecord| {
+        rec.lease_until_ms = renewed_to;
+    }));
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    let c = &rep.counts;
+    assert_eq!(
+        (c.held_elsewhere, c.taken_over, c.enqueued),
+        (2, 0, 0),
+        "{c:?}"
+    );
+    assert!(r.queue.ids().is_empty());
+    assert!(confirmed(&log).is_empty());
+    assert!(!r.store.batches.lock().unwrap()["dead"].fenced);
+}
+
+/// A takeover of a lapsed lease fences its record first: the old holder's renewals then fail
+/// (it learns it lost the lease) instead of reviving it.
+#[tokio::test]
+async fn a_takeover_fences_the_lapsed_record() {
+    let clock = Clock::manual(NOW);
+    let (r, _) = relay_on(&clock, MemoryStore::new());
+    dead_batch(&r.store, &clock, &[1, 2], None).await;
+    clock.advance(LEASE + Duration::from_secs(1));
+    r.tmc.push(Ok(vec![msg(1), msg(2)]));
+    let rep = r.run(opts()).await;
+    assert_eq!((rep.counts.taken_over, rep.counts.enqueued), (2, 2));
+    assert!(r.store.batches.lock().unwrap()["dead"].fenced);
+    let far = Instant::now() + Duration::from_secs(5);
+    let now = clock.now_ms();
+    assert_eq!(
+        r.store
+            .renew_batch("dead", now + 60_000, now, far)
+            .await
+            .unwrap(),
+        crate::relay::ports::Renewal::Lost
+    );
+}
+
+/// A late first write of a batch record never overwrites the receipt written after it.
+#[tokio::test]
+async fn a_late_record_write_never_overwrites_the_receipt() {
+    let clock = Clock::manual(NOW);
+    let store = MemoryStore::new();
+    dead_batch(&store, &clock, &[1, 2], Some(&[1, 2])).await;
+    let far = Instant::now() + Duration::from_secs(5);
+    let late = BatchRecord {
+        token: "dead".into(),
+        lease_until_ms: NOW + 60_000,
+        ..BatchRecord::default()
+    };
+    store.put_batch(&late, far).await.unwrap();
+    let rec = store.batches.lock().unwrap()["dead"].clone();
+    assert!(rec.settled, "{rec:?}");
+    assert_eq!(rec.accepted, vec![1, 2]);
 }

@@ -11,7 +11,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::ports::{
     BatchRecord, ClaimItem, DedupStore, EntryOutcome, InsertOutcome, Key, NewClaim, Outgoing,
-    PortError, Queue, Settle, Stored, TakeOver, Tmc, INSERT_CHUNK,
+    PortError, Queue, Renewal, Settle, Stored, TakeOver, Tmc, INSERT_CHUNK,
 };
 use crate::top::api::ConfirmChunk;
 use crate::top::{TmcMessage, TopError};
@@ -214,8 +214,16 @@ pub struct MemoryStore {
     pub claims: Mutex<HashMap<u64, ClaimItem>>,
     pub batches: Mutex<HashMap<String, BatchRecord>>,
     /// Requests of this kind fail with this error: `insert`, `read`, `take_over`,
-    /// `put_batch`, `renew` or `settle`.
+    /// `put_batch`, `renew`, `fence` or `settle`.
     pub failures: Mutex<HashMap<&'static str, PortError>>,
+    /// Storms: requests of this kind fail with this error from the first time until the
+    /// second (tokio time).
+    #[allow(clippy::type_complexity)]
+    pub storms: Mutex<Vec<(&'static str, Instant, Instant, PortError)>>,
+    /// Called before a fence is carried out (to change the record under it, as a racing
+    /// renewal would).
+    #[allow(clippy::type_complexity)]
+    pub before_fence: Mutex<Option<Box<dyn Fn(&mut BatchRecord) + Send>>>,
     /// Requests made, by kind.
     pub requests: Mutex<HashMap<&'static str, u32>>,
     /// Hand the existing item back with a failed insert (DynamoDB's `ALL_OLD`); when false,
@@ -277,10 +285,17 @@ impl MemoryStore {
     async fn request(&self, kind: &'static str) -> Result<Option<OwnedSemaphorePermit>, PortError> {
         *lock(&self.requests).entry(kind).or_default() += 1;
         let worker = serve(&self.workers).await;
-        match lock(&self.failures).get(kind) {
-            Some(e) => Err(e.clone()),
-            None => Ok(worker),
+        if let Some(e) = lock(&self.failures).get(kind) {
+            return Err(e.clone());
         }
+        let now = Instant::now();
+        if let Some((_, _, _, e)) = lock(&self.storms)
+            .iter()
+            .find(|(k, from, until, _)| *k == kind && *from <= now && now < *until)
+        {
+            return Err(e.clone());
+        }
+        Ok(worker)
     }
 
     pub fn requests_of(&self, kind: &str) -> u32 {
@@ -367,7 +382,9 @@ impl DedupStore for MemoryStore {
 
     async fn put_batch(&self, record: &BatchRecord, _deadline: Instant) -> Result<(), PortError> {
         let _worker = self.request("put_batch").await?;
-        lock(&self.batches).insert(record.token.clone(), record.clone());
+        lock(&self.batches)
+            .entry(record.token.clone())
+            .or_insert_with(|| record.clone());
         answer_after(&self.latency).await;
         Ok(())
     }
@@ -376,16 +393,45 @@ impl DedupStore for MemoryStore {
         &self,
         token: &str,
         lease_until_ms: u64,
+        now_ms: u64,
         _deadline: Instant,
-    ) -> Result<(), PortError> {
+    ) -> Result<Renewal, PortError> {
         let _worker = self.request("renew").await?;
-        if let Some(r) = lock(&self.batches).get_mut(token) {
-            if !r.settled {
-                r.lease_until_ms = lease_until_ms;
+        let out = match lock(&self.batches).get_mut(token) {
+            Some(r) if r.settled => Renewal::Settled,
+            Some(r) if r.fenced || r.lease_until_ms < now_ms => Renewal::Lost,
+            Some(r) => {
+                r.lease_until_ms = r.lease_until_ms.max(lease_until_ms);
+                Renewal::Renewed
             }
-        }
+            None => Renewal::Lost,
+        };
         answer_after(&self.latency).await;
-        Ok(())
+        Ok(out)
+    }
+
+    async fn fence_batch(
+        &self,
+        token: &str,
+        judged_lease_until_ms: u64,
+        _deadline: Instant,
+    ) -> Result<bool, PortError> {
+        let _worker = self.request("fence").await?;
+        let out = {
+            let mut batches = lock(&self.batches);
+            if let (Some(hook), Some(r)) = (&*lock(&self.before_fence), batches.get_mut(token)) {
+                hook(r);
+            }
+            match batches.get_mut(token) {
+                Some(r) if !r.settled && r.lease_until_ms == judged_lease_until_ms => {
+                    r.fenced = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        answer_after(&self.latency).await;
+        Ok(out)
     }
 
     async fn settle_batch(&self, s: &Settle, _deadline: Instant) -> Result<(), PortError> {
@@ -400,6 +446,7 @@ impl DedupStore for MemoryStore {
                 held: s.held.clone(),
                 hold_until_ms: s.hold_until_ms,
                 settled: true,
+                fenced: false,
             },
         );
         answer_after(&self.latency).await;

@@ -12,10 +12,10 @@ use tokio::time::Instant;
 
 use super::body::{parking_entry, relay_entry, Defect, FifoGroupBy};
 use super::flow::Flow;
-use super::lease::{BatchLease, Clock, LeasePolicy, Leases};
+use super::lease::{BatchLease, Clock, LeasePolicy, Leases, DEFAULT_CLOCK_ALLOWANCE};
 use super::ports::{DedupStore, Outgoing, PortError, Queue, Severity, Tmc};
 use super::report::{Counts, GroupReport, Report, StopReason};
-use super::send::{send_all, SendPolicy, Sent};
+use super::send::{send_all, Gate, SendPolicy, Sent};
 use crate::top::clock::{epoch_millis, parse_wire_time};
 use crate::top::{ErrorClass, TmcMessage, TopError};
 
@@ -53,6 +53,9 @@ pub struct RelaySettings {
     pub lease_ceiling: Duration,
     /// The wall clock leases are read against (manual in tests).
     pub clock: Clock,
+    /// How far this host's clock may be from the servers' (`MAX_CLOCK_OFFSET_MS`): a holder
+    /// stops sending twice this before its lease ends.
+    pub max_clock_offset: Duration,
     /// Attempts per request for retryable failures (SQS entries, claims, records).
     pub max_send_attempts: u32,
     /// The most DynamoDB or SQS requests in flight (`RELAY_PARALLELISM`): the ceiling of the
@@ -75,6 +78,7 @@ impl Default for RelaySettings {
             lease_floor: LeasePolicy::default().floor,
             lease_ceiling: LeasePolicy::default().ceiling,
             clock: Clock::system(),
+            max_clock_offset: DEFAULT_CLOCK_ALLOWANCE,
             max_send_attempts: 4,
             parallelism: 32,
             // Claims, SQS and the completion record take three to four consume round trips:
@@ -102,6 +106,25 @@ pub struct PassOptions {
     pub deadline: Instant,
     /// Pause after an empty poll in follow mode (at least 100 ms).
     pub empty_backoff: Duration,
+    /// Receipts (and the heartbeats that keep their leases) may be written until then: the
+    /// Lambda's deadline less what the report needs. `None` (the command line): `deadline`
+    /// plus [`RECEIPT_GRACE`].
+    pub receipt_deadline: Option<Instant>,
+}
+
+/// How long past its deadline a pass without a hard one (the command line) may go on
+/// writing the receipts of the batches in hand.
+pub const RECEIPT_GRACE: Duration = Duration::from_secs(30);
+
+impl PassOptions {
+    /// Until when receipts may be written.
+    pub fn receipt_deadline(&self) -> Instant {
+        self.receipt_deadline.unwrap_or_else(|| {
+            self.deadline
+                .checked_add(RECEIPT_GRACE)
+                .unwrap_or(self.deadline)
+        })
+    }
 }
 
 /// The relay: three ports, its settings, and the flow control of its AWS requests.
@@ -543,6 +566,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             max_attempts: st.max_send_attempts,
             retention: st.retention,
             parallelism: st.parallelism,
+            clock_allowance: st.max_clock_offset,
         }
     }
 
@@ -572,34 +596,49 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             .checked_sub(self.receipt_reserve())
             .unwrap_or_else(Instant::now);
 
+        let open = || Some(until);
         let scope = Scope {
             shared,
             group,
             until,
+            fence: &open,
         };
 
         let triage = self.triage(group, msgs, &mut counts);
         let mut confirm_ids = Vec::new();
+        let receipt_deadline = shared.opts.receipt_deadline();
         match leases.begin(unique_token("b"), places.lease, until).await {
             Ok(lease) => {
-                // The heartbeat keeps the lease while the batch works, and stops with it.
-                let work = self.claim_and_send(&scope, &leases, &lease, triage, &mut counts);
-                let sent = tokio::select! {
-                    sent = work => sent,
-                    () = leases.heartbeat(&lease, deadline) => unreachable!("the heartbeat only stops when dropped"),
+                let fence = || leases.send_until(&lease);
+                let scope = Scope {
+                    fence: &fence,
+                    ..scope
                 };
-                confirm_ids = sent.already_done;
-                let settled = self
-                    .settle(
-                        &scope,
-                        &leases,
-                        &lease,
-                        sent.accepted,
-                        sent.held,
-                        &mut counts,
-                    )
-                    .await;
-                confirm_ids.extend(settled);
+                // The heartbeat keeps the lease while the batch works and until its receipt
+                // is written; it ends early only when the lease is lost.
+                let work = async {
+                    let sent = self
+                        .claim_and_send(&scope, &leases, &lease, triage, &mut counts)
+                        .await;
+                    let mut ids = sent.already_done;
+                    let settled = self
+                        .settle(
+                            &scope,
+                            &leases,
+                            &lease,
+                            sent.accepted,
+                            sent.held,
+                            &mut counts,
+                        )
+                        .await;
+                    ids.extend(settled);
+                    ids
+                };
+                tokio::pin!(work);
+                confirm_ids = tokio::select! {
+                    ids = &mut work => ids,
+                    () = leases.heartbeat(&lease, receipt_deadline) => work.await,
+                };
             }
             Err(e) => {
                 shared.note_port_error(&e);
@@ -680,13 +719,24 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
     ) -> Vec<u64> {
         let n = accepted.len() as u64;
         match leases
-            .settle(lease, accepted.clone(), held, scope.shared.opts.deadline)
+            .settle(
+                lease,
+                accepted.clone(),
+                held,
+                scope.shared.opts.receipt_deadline(),
+            )
             .await
         {
-            Ok(()) => accepted,
+            Ok(settled) => {
+                if settled.late {
+                    tracing::warn!(group = scope.group, count = n, "the batch's receipt was written after its lease could have lapsed: another pass may have sent its messages again");
+                    counts.lease_lost += n;
+                }
+                accepted
+            }
             Err(e) => {
                 scope.shared.note_port_error(&e);
-                tracing::warn!(group = scope.group, count = n, error = %e, "could not write the batch's receipt: leaving its messages unconfirmed (a redelivery may be a copy)");
+                tracing::warn!(group = scope.group, count = n, error = %e, "could not write the batch's receipt before the deadline: leaving its messages unconfirmed (a redelivery may be a copy)");
                 counts.unsettled += n;
                 Vec::new()
             }
@@ -896,7 +946,12 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         queue: &Q,
         entries: Vec<Outgoing>,
     ) -> Vec<(String, Sent)> {
-        let Scope { shared, until, .. } = *scope;
+        let Scope {
+            shared,
+            until,
+            fence,
+            ..
+        } = *scope;
         if entries.is_empty() {
             return Vec::new();
         }
@@ -910,8 +965,11 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             policy,
             entries,
             until,
-            || shared.is_fatal(),
-            |e| shared.note_port_error(e),
+            Gate {
+                fatal: || shared.is_fatal(),
+                fence,
+                on_fatal: |e: &PortError| shared.note_port_error(e),
+            },
         )
         .await
     }
@@ -969,6 +1027,8 @@ struct Scope<'a> {
     group: &'a str,
     /// Claims and sends stop here, a reserve before the pass's deadline.
     until: Instant,
+    /// The batch's lease fence: until when a send may be in flight, or `None` to send no more.
+    fence: &'a (dyn Fn() -> Option<Instant> + Sync),
 }
 
 /// A consumed batch, sorted.

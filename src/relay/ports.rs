@@ -213,6 +213,9 @@ pub struct BatchRecord {
     pub hold_until_ms: u64,
     /// The receipt is written: the lease is over.
     pub settled: bool,
+    /// Another batch judged the lease lapsed and is taking the claims over: the lease can
+    /// never be renewed again.
+    pub fenced: bool,
 }
 
 /// A settled batch's receipt.
@@ -236,6 +239,17 @@ pub enum InsertOutcome {
     Exists(Option<ClaimItem>),
     /// This statement failed (throttled, invalid...); the others stand on their own.
     Failed(PortError),
+}
+
+/// What a lease renewal found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// The lease was live and now runs to the new time.
+    Renewed,
+    /// The receipt is written (a renewal still on the wire when the batch settled).
+    Settled,
+    /// The lease had lapsed or was fenced by a batch taking the claims over: it is gone.
+    Lost,
 }
 
 /// What a takeover found.
@@ -318,20 +332,34 @@ pub trait DedupStore: Send + Sync + 'static {
         deadline: Instant,
     ) -> impl Future<Output = Result<TakeOver, PortError>> + Send;
 
-    /// Writes a batch's record (a new one: live lease, no receipt).
+    /// Writes a batch's record (a new one: live lease, no receipt), only if none exists: a
+    /// late first attempt can never overwrite the receipt written after it. The token is
+    /// unique, so an existing record is an earlier attempt's: that counts as written.
     fn put_batch(
         &self,
         record: &BatchRecord,
         deadline: Instant,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 
-    /// Moves a batch's lease on, unless its receipt is written.
+    /// Moves a batch's lease on to `lease_until_ms`, only while it is live at `now_ms` (never
+    /// reviving a lapsed lease), not fenced and not settled.
     fn renew_batch(
         &self,
         token: &str,
         lease_until_ms: u64,
+        now_ms: u64,
         deadline: Instant,
-    ) -> impl Future<Output = Result<(), PortError>> + Send;
+    ) -> impl Future<Output = Result<Renewal, PortError>> + Send;
+
+    /// Fences a batch's record before its claims are taken over, only if it is still exactly
+    /// as judged: unsettled, with this lease. `Ok(false)`: it changed (renewed, settled):
+    /// decide again.
+    fn fence_batch(
+        &self,
+        token: &str,
+        judged_lease_until_ms: u64,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
 
     /// Writes a batch's receipt and ends its lease.
     fn settle_batch(

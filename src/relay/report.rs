@@ -45,6 +45,10 @@ pub struct Counts {
     /// Of `enqueued` and `parked`, those whose batch receipt could not be written: left
     /// unconfirmed, so TMC redelivers them and a later pass sends them again (a copy).
     pub unsettled: u64,
+    /// Of `enqueued` and `parked`, those whose receipt was written only after the batch's
+    /// lease could have lapsed (DynamoDB refused the renewals and the receipt for a whole
+    /// lease): another pass may have taken them over and sent them again (a copy).
+    pub lease_lost: u64,
     /// Claims taken over from a batch that died or let them go (redeliveries).
     pub taken_over: u64,
     /// Without a valid id: cannot be confirmed; logged and parked for inspection.
@@ -69,6 +73,7 @@ impl Counts {
         self.unknown_outcome += o.unknown_outcome;
         self.held_elsewhere += o.held_elsewhere;
         self.unsettled += o.unsettled;
+        self.lease_lost += o.lease_lost;
         self.taken_over += o.taken_over;
         self.invalid += o.invalid;
         self.confirmed += o.confirmed;

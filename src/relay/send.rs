@@ -85,18 +85,31 @@ fn request_failure(e: &PortError, entries: usize) -> RequestFailure {
     }
 }
 
-/// Sends `entries` to `queue`. `fatal` says whether the pass hit a fatal error (checked before
-/// every round); `on_fatal` is told of a fatal request error. Every entry gets exactly one
-/// result.
+/// What decides whether the stage may go on sending.
+pub struct Gate<F, L, O> {
+    /// Whether the pass hit a fatal error (checked before every round).
+    pub fatal: F,
+    /// Until when a request may be in flight (checked before every request; its attempt ends
+    /// by then), or `None` to send nothing more: the batch's lease fence.
+    pub fence: L,
+    /// Told of a fatal request error.
+    pub on_fatal: O,
+}
+
+/// Sends `entries` to `queue` within `gate`. Every entry gets exactly one result.
 pub async fn send_all<Q: Queue>(
     queue: &Q,
     limiter: &Limiter,
     policy: SendPolicy,
     entries: Vec<Outgoing>,
     deadline: Instant,
-    fatal: impl Fn() -> bool,
-    on_fatal: impl Fn(&PortError),
+    gate: Gate<impl Fn() -> bool, impl Fn() -> Option<Instant>, impl Fn(&PortError)>,
 ) -> Vec<(String, Sent)> {
+    let Gate {
+        fatal,
+        fence,
+        on_fatal,
+    } = gate;
     let mut results: Vec<(String, Sent)> = Vec::with_capacity(entries.len());
     let mut pending: Vec<Pending> = entries
         .into_iter()
@@ -135,12 +148,19 @@ pub async fn send_all<Q: Queue>(
             requests.push(vec![p.out.clone()]);
             by_id.insert(p.out.id.clone(), p);
         }
+        let fence = &fence;
         let replies = stream::iter(requests.into_iter().map(|batch| async move {
-            let r = limiter
-                .call("SendMessageBatch", deadline, |d| {
-                    queue.send_batch(&batch, d)
-                })
-                .await;
+            // Not sent (`None`) once the batch's lease may have lapsed.
+            let r = match fence() {
+                Some(until) => Some(
+                    limiter
+                        .call("SendMessageBatch", until.min(deadline), |d| {
+                            queue.send_batch(&batch, d)
+                        })
+                        .await,
+                ),
+                None => None,
+            };
             (batch, r)
         }))
         .buffer_unordered(policy.parallelism.max(1))
@@ -150,6 +170,14 @@ pub async fn send_all<Q: Queue>(
         let mut again: Vec<Pending> = Vec::new();
         for (batch, reply) in replies {
             let mut take = |id: &str| by_id.remove(id);
+            let Some(reply) = reply else {
+                for e in &batch {
+                    let Some(mut p) = take(&e.id) else { continue };
+                    p.last_error = "the batch's lease may have lapsed: not sent".into();
+                    results.push(p.give_up());
+                }
+                continue;
+            };
             match reply {
                 Ok(outcomes) if outcomes.len() == batch.len() => {
                     for (e, o) in batch.iter().zip(outcomes) {
@@ -344,12 +372,19 @@ mod tests {
             policy,
             ids.iter().map(|i| entry(i)).collect(),
             Instant::now() + Duration::from_secs(600),
-            || false,
-            |_| {},
+            open_gate(),
         )
         .await;
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    fn open_gate() -> Gate<impl Fn() -> bool, impl Fn() -> Option<Instant>, impl Fn(&PortError)> {
+        Gate {
+            fatal: || false,
+            fence: || Some(Instant::now() + Duration::from_secs(600)),
+            on_fatal: |_: &PortError| {},
+        }
     }
 
     fn sends_of(q: &Scripted, id: &str) -> usize {
@@ -416,11 +451,48 @@ mod tests {
             },
             vec![entry("1")],
             Instant::now() + Duration::from_secs(600),
-            || calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1,
-            |_| {},
+            Gate {
+                fatal: || calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1,
+                fence: || Some(Instant::now() + Duration::from_secs(600)),
+                on_fatal: |_: &PortError| {},
+            },
         )
         .await;
         assert!(matches!(&out[..], [(_, Sent::Unknown(_))]), "{out:?}");
+    }
+
+    /// Once the fence closes (the batch's lease may have lapsed), no request is sent: the
+    /// entries left are Failed, never Unknown, and the queue never sees them.
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_fence_sends_nothing_more() {
+        let q = Scripted {
+            retry: vec!["1"],
+            ..Scripted::default()
+        };
+        let limiter = Limiter::new("SQS", LimitConfig::new(8));
+        let checks = std::sync::atomic::AtomicU32::new(0);
+        let out = send_all(
+            &q,
+            &limiter,
+            SendPolicy {
+                max_attempts: 5,
+                parallelism: 8,
+            },
+            vec![entry("1")],
+            Instant::now() + Duration::from_secs(600),
+            Gate {
+                fatal: || false,
+                // Open for the first request only.
+                fence: || {
+                    (checks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0)
+                        .then(|| Instant::now() + Duration::from_secs(60))
+                },
+                on_fatal: |_: &PortError| {},
+            },
+        )
+        .await;
+        assert!(matches!(&out[..], [(_, Sent::Failed(_))]), "{out:?}");
+        assert_eq!(sends_of(&q, "1"), 1);
     }
 
     /// On a standard queue an unanswered entry is resent once; on FIFO, every attempt is used.

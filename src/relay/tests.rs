@@ -45,6 +45,7 @@ pub(super) fn opts() -> PassOptions {
         max_messages: None,
         deadline: Instant::now() + Duration::from_secs(20),
         empty_backoff: Duration::from_millis(100),
+        receipt_deadline: None,
     }
 }
 

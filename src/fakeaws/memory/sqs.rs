@@ -185,6 +185,7 @@ pub fn call(st: &mut SqsState, op: &str, body: &Value) -> Result<Value, AwsError
             Ok(json!({}))
         }
         "DeleteMessageBatch" => delete_batch(st, body),
+        "ChangeMessageVisibilityBatch" => change_visibility_batch(st, body),
         _ => Err(AwsError::sqs_unsupported(op)),
     }
 }
@@ -658,6 +659,64 @@ fn delete_batch(st: &mut SqsState, body: &Value) -> Result<Value, AwsError> {
     Ok(json!({"Successful": ok, "Failed": failed}))
 }
 
+/// Hides a received message for `secs` from now (0 shows it at once). Only its latest receipt
+/// does, and only while it is in flight: a receipt from before another receive, or one whose
+/// hold ran out, changes nothing.
+fn change_visibility(
+    q: &mut Queue,
+    receipt: &str,
+    secs: u64,
+) -> Result<(), (&'static str, String)> {
+    let now = Instant::now();
+    let Some(m) = q
+        .messages
+        .iter_mut()
+        .find(|m| m.receipt.as_deref() == Some(receipt))
+    else {
+        return Err((
+            "ReceiptHandleIsInvalid",
+            "The input receipt handle is invalid.".into(),
+        ));
+    };
+    if !(m.in_flight && m.visible_at > now) {
+        return Err((
+            "MessageNotInflight",
+            "The message referred to isn't in flight.".into(),
+        ));
+    }
+    m.visible_at = now + Duration::from_secs(secs);
+    m.in_flight = secs > 0;
+    Ok(())
+}
+
+fn change_visibility_batch(st: &mut SqsState, body: &Value) -> Result<Value, AwsError> {
+    let list = entries(body);
+    check_batch(list, None)?;
+    let q = st.queue_mut(body)?;
+    let (mut ok, mut failed) = (Vec::new(), Vec::new());
+    for e in list {
+        let id = e.get("Id").and_then(Value::as_str).unwrap_or_default();
+        let receipt = e
+            .get("ReceiptHandle")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let answer = match e.get("VisibilityTimeout").and_then(Value::as_u64) {
+            Some(secs) if secs <= 43_200 => change_visibility(q, receipt, secs),
+            _ => Err((
+                "InvalidParameterValue",
+                "VisibilityTimeout must be between 0 and 43200.".into(),
+            )),
+        };
+        match answer {
+            Ok(()) => ok.push(json!({"Id": id})),
+            Err((code, message)) => failed.push(json!({
+                "Id": id, "SenderFault": true, "Code": code, "Message": message,
+            })),
+        }
+    }
+    Ok(json!({"Successful": ok, "Failed": failed}))
+}
+
 /// `ReceiveMessage`, waiting up to `WaitTimeSeconds` (at most 20 s) for a message.
 pub async fn receive(state: &Mutex<SqsState>, body: &Value) -> Result<Value, AwsError> {
     let wait = opt_u64(body, "WaitTimeSeconds")?.unwrap_or(0);
@@ -797,6 +856,57 @@ mod tests {
         for bad in ["\u{0}", "\u{1F}", "\u{FFFE}", "\u{FFFF}", "\u{8}"] {
             assert!(!valid_sqs_chars(bad), "{bad:?}");
         }
+    }
+
+    /// Only a message's latest receipt changes its visibility, and only while it is in flight:
+    /// extended, it stays hidden past its first hold; a receipt from before another receive is
+    /// refused; 0 shows it at once.
+    #[tokio::test(start_paused = true)]
+    async fn visibility_changes_need_the_latest_receipt_in_flight() {
+        let mut st = SqsState::new("http://h:1", 7);
+        let url = call(&mut st, "CreateQueue", &json!({"QueueName": "p"})).unwrap()["QueueUrl"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        call(
+            &mut st,
+            "SendMessage",
+            &json!({"QueueUrl": url, "MessageBody": "b"}),
+        )
+        .unwrap();
+        let receive = |st: &mut SqsState| {
+            let got = receive_now(st, &json!({"QueueUrl": url, "VisibilityTimeout": 10})).unwrap();
+            got["Messages"][0]["ReceiptHandle"]
+                .as_str()
+                .map(str::to_owned)
+        };
+        let change = |st: &mut SqsState, receipt: &str, secs: u64| {
+            let out = call(
+                st,
+                "ChangeMessageVisibilityBatch",
+                &json!({"QueueUrl": url, "Entries": [
+                    {"Id": "0", "ReceiptHandle": receipt, "VisibilityTimeout": secs}]}),
+            )
+            .unwrap();
+            out["Failed"][0]["Code"].as_str().map(str::to_owned)
+        };
+        let first = receive(&mut st).unwrap();
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(change(&mut st, &first, 10), None);
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(receive(&mut st), None, "extended past its first hold");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(
+            change(&mut st, &first, 10).as_deref(),
+            Some("MessageNotInflight")
+        );
+        let second = receive(&mut st).unwrap();
+        assert_eq!(
+            change(&mut st, &first, 10).as_deref(),
+            Some("ReceiptHandleIsInvalid")
+        );
+        assert_eq!(change(&mut st, &second, 0), None);
+        assert!(receive(&mut st).is_some(), "released at once");
     }
 
     /// Queue names resolve from either a name or a URL.
