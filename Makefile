@@ -81,6 +81,10 @@ build: $(TOOLS) ## Release Lambda artifact for arm64: target/lambda/bootstrap/bo
 		--lambda-dir $(TARGET_DIR)/lambda
 	@$(VENV)/bin/python infra/local.py artifact $(TARGET_DIR)/lambda/bootstrap/bootstrap.zip
 
+.PHONY: throttle-table
+throttle-table: $(TOOLS) $(MINISTACK_TOOLS) ## Issue 19's table: DynamoDB writes throttled at p = 0.5, 0.7, 0.9 for a pass, and an outage (ministack)
+	infra/throttle-table.sh
+
 .PHONY: bench
 bench: ## Throughput vs the TMC limit, cold start, sizes, memory, CPU/msg, AWS usage, cost (QUICK=1: <1 min)
 	cargo build --release --bins

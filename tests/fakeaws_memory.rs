@@ -14,7 +14,7 @@ use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchError;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use aws_smithy_runtime_api::client::result::SdkError;
 use serde_json::json;
-use tmc_relay::fakeaws::{FakeAws, FakeAwsConfig, OpRules, Rules};
+use tmc_relay::fakeaws::{DynamoThrottle, FakeAws, FakeAwsConfig, OpRules, Rules};
 
 const ANY_PORT: &str = "127.0.0.1:0";
 
@@ -483,6 +483,44 @@ async fn dynamodb_throttling_is_retried_then_surfaces() {
         "{se:?}"
     );
     assert_eq!(fake.stats().op("PutItem").requests, 3);
+    fake.shutdown().await;
+}
+
+/// A rule can pin DynamoDB throttling to `ProvisionedThroughputExceededException`, the error
+/// a table's writes get: every throttled answer is that shape, HTTP 400, in DynamoDB's
+/// namespace.
+#[tokio::test]
+async fn dynamodb_throttling_can_be_pinned_to_provisioned_throughput() {
+    let fake = memory(8).await;
+    let client = ddb(&fake.endpoint(), 1);
+    dedup_table(&client, "dedup-ptee").await;
+    fake.set_rules(only(
+        "PutItem",
+        OpRules {
+            throttle_rate: 1.0,
+            dynamodb_throttle: DynamoThrottle::ProvisionedThroughput,
+            ..OpRules::default()
+        },
+    ))
+    .unwrap();
+    for i in 0..20 {
+        let err = claim(&client, "dedup-ptee", &i.to_string(), "me", 1_000_000)
+            .await
+            .unwrap_err();
+        let SdkError::ServiceError(se) = &err else {
+            panic!("not a service error: {err:?}")
+        };
+        assert_eq!(se.raw().status().as_u16(), 400);
+        assert!(
+            matches!(
+                se.err(),
+                PutItemError::ProvisionedThroughputExceededException(_)
+            ),
+            "{:?}",
+            se.err()
+        );
+    }
+    assert_eq!(fake.stats().op("PutItem").throttled, 20);
     fake.shutdown().await;
 }
 

@@ -6,8 +6,17 @@ use std::collections::HashSet;
 /// Claim items whose batch record is still unsettled (the batch is at work, or died): what a
 /// SIGKILL now would leave to be taken over after the lease. Scans the whole table.
 pub async fn live_claims(ddb: &aws_sdk_dynamodb::Client, table: &str) -> Result<u64, String> {
+    live_claim_ids(ddb, table).await.map(|ids| ids.len() as u64)
+}
+
+/// The ids of [`live_claims`]: what the batches at work (or dead) hold now. Items whose key is
+/// not a message id are left out.
+pub async fn live_claim_ids(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<HashSet<u64>, String> {
     let mut unsettled: HashSet<String> = HashSet::new();
-    let mut claimed_by: Vec<String> = Vec::new();
+    let mut claimed_by: Vec<(String, String)> = Vec::new();
     let mut start = None;
     loop {
         let out = ddb
@@ -25,7 +34,7 @@ pub async fn live_claims(ddb: &aws_sdk_dynamodb::Client, table: &str) -> Result<
                     unsettled.insert(pk[2..].to_owned());
                 }
                 (Some(pk), _) if pk.starts_with("b#") => {}
-                (_, Some(b)) => claimed_by.push(b),
+                (Some(pk), Some(b)) => claimed_by.push((pk, b)),
                 _ => {}
             }
         }
@@ -34,5 +43,9 @@ pub async fn live_claims(ddb: &aws_sdk_dynamodb::Client, table: &str) -> Result<
             break;
         }
     }
-    Ok(claimed_by.iter().filter(|b| unsettled.contains(*b)).count() as u64)
+    Ok(claimed_by
+        .into_iter()
+        .filter(|(_, b)| unsettled.contains(b))
+        .filter_map(|(pk, _)| pk.parse().ok())
+        .collect())
 }

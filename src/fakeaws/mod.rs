@@ -20,6 +20,7 @@
 //!                       "error500_rate": 0.05, "lost_response_rate": 0.05,
 //!                       "lost_response_delay_ms": 0, "partial_failure_rate": 0.05,
 //!                       "sender_fault_share": 0.2},
+//!  "PutItem": {"throttle_rate": 0.7, "dynamodb_throttle": "provisioned_throughput"},
 //!  "*": {"latency_ms": 8}}
 //! ```
 //!
@@ -53,7 +54,7 @@ use tokio::task::JoinHandle;
 
 pub use batch::Accepted;
 pub use memory::{Memory, QueueMessage};
-pub use rules::{FaultStats, OpRules, OpStats, Rules};
+pub use rules::{DynamoThrottle, FaultStats, OpRules, OpStats, Rules};
 
 /// Where requests are carried out.
 #[derive(Clone, Debug)]

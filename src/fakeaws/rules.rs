@@ -23,6 +23,8 @@ pub struct OpRules {
     pub latency_jitter_ms: u64,
     /// Answer with the service's throttling error without reaching the backend.
     pub throttle_rate: f64,
+    /// Which error a throttled DynamoDB request gets (SQS has only one).
+    pub dynamodb_throttle: DynamoThrottle,
     /// Answer HTTP 500 without reaching the backend.
     pub error500_rate: f64,
     /// Let the backend carry out the request, then close the connection without answering.
@@ -79,6 +81,20 @@ impl OpRules {
         }
         Ok(())
     }
+}
+
+/// The DynamoDB throttling error a throttled request is answered with (HTTP 400 each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DynamoThrottle {
+    /// `ProvisionedThroughputExceededException` or `ThrottlingException`, drawn per request.
+    #[default]
+    Either,
+    /// `ProvisionedThroughputExceededException`: what DynamoDB answers a table's writes (and
+    /// reads) beyond its capacity.
+    ProvisionedThroughput,
+    /// `ThrottlingException`: what DynamoDB answers control-plane and account-level excess.
+    Throttling,
 }
 
 /// Rules by operation name as in `X-Amz-Target` (`SendMessageBatch`, `PutItem`, ...), with
@@ -403,6 +419,24 @@ mod tests {
             .with("*", five_percent_each())
             .validate()
             .is_ok());
+    }
+
+    /// The DynamoDB throttling error is read from JSON by name, and defaults to either.
+    #[test]
+    fn dynamodb_throttle_reads_from_json() {
+        let r: Rules = serde_json::from_str(
+            r#"{"PutItem":{"throttle_rate":0.7,"dynamodb_throttle":"provisioned_throughput"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.for_op("PutItem").dynamodb_throttle,
+            DynamoThrottle::ProvisionedThroughput
+        );
+        assert_eq!(
+            r.for_op("GetItem").dynamodb_throttle,
+            DynamoThrottle::Either
+        );
+        assert!(serde_json::from_str::<Rules>(r#"{"PutItem":{"dynamodb_throttle":"x"}}"#).is_err());
     }
 
     /// Rules read from JSON with unknown fields are refused rather than ignored.

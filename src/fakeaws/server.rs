@@ -26,7 +26,9 @@ use tokio::sync::watch;
 use super::batch::{self, Accepted, Split};
 use super::memory::Memory;
 use super::moto::{Moto, TARGET};
-use super::rules::{choose_fault, request_rng, Fault, FaultStats, OpRules, Rules, SplitMix64};
+use super::rules::{
+    choose_fault, request_rng, DynamoThrottle, Fault, FaultStats, OpRules, Rules, SplitMix64,
+};
 use super::wire::{parse_target, Answer, AwsError, Service};
 
 /// Requests larger than this are refused; SQS and DynamoDB requests stay far below it.
@@ -429,10 +431,14 @@ enum Outcome {
     },
 }
 
-fn throttle(service: Service, rng: &mut SplitMix64) -> AwsError {
-    match service {
-        Service::DynamoDb if rng.next_u64() & 1 == 0 => AwsError::ddb_throughput(),
-        Service::DynamoDb => AwsError::ddb_throttling(),
+fn throttle(service: Service, rules: &OpRules, rng: &mut SplitMix64) -> AwsError {
+    // Drawn whatever the rule, so a rule's choice never shifts the later draws.
+    let coin = rng.next_u64() & 1 == 0;
+    match (service, rules.dynamodb_throttle) {
+        (Service::DynamoDb, DynamoThrottle::ProvisionedThroughput) => AwsError::ddb_throughput(),
+        (Service::DynamoDb, DynamoThrottle::Throttling) => AwsError::ddb_throttling(),
+        (Service::DynamoDb, DynamoThrottle::Either) if coin => AwsError::ddb_throughput(),
+        (Service::DynamoDb, DynamoThrottle::Either) => AwsError::ddb_throttling(),
         _ => AwsError::sqs_throttled(),
     }
 }
@@ -492,7 +498,7 @@ async fn handle(
         Some(Fault::Throttle) => {
             st.count(op, |s| s.throttled += 1);
             st.note_refusal(op, parsed.as_ref(), true);
-            return Outcome::Answer(throttle(service, &mut rng).answer(service));
+            return Outcome::Answer(throttle(service, &rules, &mut rng).answer(service));
         }
         Some(Fault::Error500) => {
             st.count(op, |s| s.error500 += 1);
