@@ -10,6 +10,7 @@
 //! - `send`: the SQS stage: per-entry retries, and what an entry's outcome was.
 //! - `flow`: flow control: adaptive concurrency limits and attempt timeouts per AWS service.
 //! - `report`: the JSON report.
+//! - `stop`: asking a pass to stop consuming (SIGINT/SIGTERM on the command line).
 //! - `memory`: in-memory adapters for tests.
 
 pub mod biz_key;
@@ -21,8 +22,12 @@ pub mod pass;
 pub mod ports;
 pub mod report;
 pub mod send;
+pub mod stop;
+#[cfg(test)]
+mod stop_tests;
 #[cfg(test)]
 mod tests;
 
 pub use pass::{Mode, PassOptions, Progress, Relay, RelaySettings};
 pub use report::{Counts, Report, StopReason};
+pub use stop::{Stop, STOP_GRACE};
