@@ -102,7 +102,10 @@ impl App {
         settings.retention = config.retention;
         settings.fifo_group_by = config.fifo_group_by;
         settings.parallelism = config.parallelism;
-        let mut store = DynamoStore::new(ddb, &config.table);
+        settings.max_clock_offset = config.max_clock_offset;
+        // The leases' clock is the one measured against DynamoDB's.
+        let mut store =
+            DynamoStore::new(ddb, &config.table).measuring_clock(settings.clock.clone());
         if custom_dynamodb_endpoint(sdk) {
             store = store.probe_before_first_claim();
         }

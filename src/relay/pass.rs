@@ -53,6 +53,9 @@ pub struct RelaySettings {
     pub lease_ceiling: Duration,
     /// The wall clock leases are read against (manual in tests).
     pub clock: Clock,
+    /// How far this host's clock may be from the servers' (`MAX_CLOCK_OFFSET_MS`): a holder
+    /// stops sending twice this before its lease ends.
+    pub max_clock_offset: Duration,
     /// Attempts per request for retryable failures (SQS entries, claims, records).
     pub max_send_attempts: u32,
     /// The most DynamoDB or SQS requests in flight (`RELAY_PARALLELISM`): the ceiling of the
@@ -75,6 +78,7 @@ impl Default for RelaySettings {
             lease_floor: LeasePolicy::default().floor,
             lease_ceiling: LeasePolicy::default().ceiling,
             clock: Clock::system(),
+            max_clock_offset: Duration::from_secs(2),
             max_send_attempts: 4,
             parallelism: 32,
             // Claims, SQS and the completion record take three to four consume round trips:
@@ -133,6 +137,9 @@ struct PassShared {
     /// Set on the first fatal error: every loop stops consuming.
     fatal: AtomicBool,
     fatal_error: Mutex<Option<String>>,
+    /// The host clock was checked against the store's: once per pass, before its first
+    /// consume (so before its first lease write).
+    clock_checked: tokio::sync::Mutex<bool>,
     oldest_pub_ms: AtomicU64,
     latency_total_ms: AtomicU64,
     latency_batches: AtomicU64,
@@ -188,6 +195,16 @@ impl LoopEnd {
     fn because(reason: StopReason) -> Self {
         Self { reason, ban: None }
     }
+}
+
+/// What the clock check says to a consume loop.
+enum ClockCheck {
+    /// Checked (now or earlier in the pass): consume.
+    Passed,
+    /// Not measured yet (the store did not answer); the pause is over: try again.
+    Retry,
+    /// The loop ends (a host clock beyond the limit, a fatal error, no budget left).
+    End(LoopEnd),
 }
 
 /// Waits for the consume loops, handing each end to `ended`. Once the pass is stopped, the
@@ -277,6 +294,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         let shared = Arc::new(PassShared {
             fatal: AtomicBool::new(false),
             fatal_error: Mutex::new(None),
+            clock_checked: tokio::sync::Mutex::new(false),
             oldest_pub_ms: AtomicU64::new(u64::MAX),
             latency_total_ms: AtomicU64::new(0),
             latency_batches: AtomicU64::new(0),
@@ -395,6 +413,58 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         }
     }
 
+    /// Checks the host clock against the store's, once per pass before its first consume: a
+    /// host whose clock is certainly off by more than `max_clock_offset` would misjudge
+    /// other hosts' leases, so the pass does not start there.
+    async fn check_clock(&self, shared: &PassShared, g: &GroupShared) -> ClockCheck {
+        let mut checked = shared.clock_checked.lock().await;
+        if *checked {
+            return ClockCheck::Passed;
+        }
+        let deadline = shared.opts.deadline;
+        // No answer within DynamoDB's attempt timeout is no answer: try again later.
+        let attempt = self.flow.dynamodb.attempt_deadline(deadline);
+        match self.store.clock_offset(attempt).await {
+            Ok(Some(offset)) => match offset.check(self.settings.max_clock_offset) {
+                Ok(()) => {
+                    tracing::debug!(
+                        offset_ms = offset.estimate_ms(),
+                        uncertainty_ms = offset.uncertainty_ms(),
+                        "host clock checked against the dedup table's"
+                    );
+                    *checked = true;
+                    ClockCheck::Passed
+                }
+                Err(why) => {
+                    shared.set_fatal(why);
+                    ClockCheck::End(LoopEnd::because(StopReason::Fatal))
+                }
+            },
+            Ok(None) => {
+                tracing::warn!("the dedup table's endpoint does not tell its time (no Date header): the host clock is not checked");
+                *checked = true;
+                ClockCheck::Passed
+            }
+            Err(e) => {
+                shared.note_port_error(&e);
+                if shared.is_fatal() {
+                    return ClockCheck::End(LoopEnd::because(StopReason::Fatal));
+                }
+                drop(checked);
+                tracing::warn!(error = %e, "could not measure the host clock's offset from the dedup table's");
+                *g.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                    "could not measure the host clock's offset from DynamoDB's: {e}"
+                ));
+                let pause = Duration::from_secs(1);
+                if !fits(pause, FIRST_BATCH_ESTIMATE, deadline) {
+                    return ClockCheck::End(LoopEnd::because(StopReason::Budget));
+                }
+                shared.opts.stop.sleep(pause).await;
+                ClockCheck::Retry
+            }
+        }
+    }
+
     async fn consume_loop(
         self: &Arc<Self>,
         shared: &Arc<PassShared>,
@@ -420,6 +490,11 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             }
             if opts.stop.is_fired() {
                 break LoopEnd::because(StopReason::Stopped);
+            }
+            match self.check_clock(shared, g).await {
+                ClockCheck::Passed => {}
+                ClockCheck::Retry => continue,
+                ClockCheck::End(end) => break end,
             }
             estimate = estimate.max(Duration::from_millis(slowest.load(Ordering::Relaxed)));
             let remaining = opts.deadline.saturating_duration_since(Instant::now());
