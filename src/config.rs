@@ -29,6 +29,7 @@ pub const ENV_VARS: &[&str] = &[
     "DEDUP_RETENTION_DAYS",
     "FIFO_GROUP_BY",
     "RELAY_PARALLELISM",
+    "MAX_CLOCK_OFFSET_MS",
 ];
 
 pub const DEFAULT_ENDPOINT: &str = "https://eco.taobao.com/router/rest";
@@ -74,6 +75,9 @@ pub struct Config {
     /// Concurrent DynamoDB claims and SQS requests per batch: high for AWS, low for a slow
     /// local emulator.
     pub parallelism: usize,
+    /// How far the host clock may be from DynamoDB's: leases are compared across hosts, so a
+    /// pass does not start on a host certainly further off.
+    pub max_clock_offset: Duration,
 }
 
 /// A configuration problem, naming the variable.
@@ -144,6 +148,14 @@ impl Config {
         let fifo_group_by = parse_fifo_group_by(opt("FIFO_GROUP_BY"))?;
         let parallelism =
             parse_num("RELAY_PARALLELISM", opt("RELAY_PARALLELISM"), 32, 1, 256)? as usize;
+        // Up to 10 s: the lease fence keeps twice this back from the shortest lease (60 s).
+        let max_clock_offset_ms = parse_num(
+            "MAX_CLOCK_OFFSET_MS",
+            opt("MAX_CLOCK_OFFSET_MS"),
+            2000,
+            500,
+            10_000,
+        )?;
         Ok(Config {
             top,
             parallelism,
@@ -157,6 +169,7 @@ impl Config {
             table,
             retention: Duration::from_secs(days * 86_400),
             fifo_group_by,
+            max_clock_offset: Duration::from_millis(max_clock_offset_ms),
         })
     }
 }
@@ -494,6 +507,7 @@ mod tests {
         assert_eq!(c.fifo_group_by, FifoGroupBy::BizKey);
         assert_eq!(c.parallelism, 32);
         assert_eq!(c.empty_backoff, Duration::from_secs(1));
+        assert_eq!(c.max_clock_offset, Duration::from_secs(2));
     }
 
     /// ENV_VARS (which the template test holds the template to) is exactly what the code asks
@@ -599,6 +613,12 @@ mod tests {
         );
         assert_eq!(err(&[("FIFO_GROUP_BY", "shop")]).var, "FIFO_GROUP_BY");
         assert_eq!(err(&[("RELAY_PARALLELISM", "0")]).var, "RELAY_PARALLELISM");
+        for v in ["499", "10001", "2s"] {
+            assert_eq!(
+                err(&[("MAX_CLOCK_OFFSET_MS", v)]).var,
+                "MAX_CLOCK_OFFSET_MS"
+            );
+        }
         assert_eq!(
             err(&[("TMC_GROUP_NAMES", "a-very-long-group-name-over-32-chars")]).var,
             "TMC_GROUP_NAMES"
@@ -610,6 +630,17 @@ mod tests {
             )])
             .var,
             "TOP_APP_SECRET"
+        );
+    }
+
+    /// MAX_CLOCK_OFFSET_MS is read in milliseconds.
+    #[test]
+    fn clock_offset_limit_is_read() {
+        let mut m = base();
+        m.insert("MAX_CLOCK_OFFSET_MS", "7500");
+        assert_eq!(
+            load(&m).unwrap().max_clock_offset,
+            Duration::from_millis(7500)
         );
     }
 

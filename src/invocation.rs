@@ -133,6 +133,7 @@ impl Overrides {
             _ => cfg.groups.clone(),
         };
         PassOptions {
+            stop: crate::relay::Stop::never(),
             groups,
             quantity: self.quantity.unwrap_or(cfg.quantity),
             mode: self.mode.unwrap_or(cfg.mode),

@@ -16,7 +16,7 @@
 //!   SQS/DynamoDB stand-in, both speaking the AWS JSON wire protocol.
 //! - [`wiring`]: the one place where configuration becomes real clients and a relay.
 //! - [`telemetry`]: tracing setup and the CloudWatch Embedded Metric Format line.
-//! - [`signals`]: SIGINT/SIGTERM for the local servers.
+//! - [`signals`]: SIGINT/SIGTERM for the local servers and the command line's pass.
 
 pub mod aws;
 pub mod config;

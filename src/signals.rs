@@ -1,20 +1,53 @@
-//! Waiting for the signal that stops a long-running local server (`tmc-sim`, `fake-aws`).
+//! SIGINT and SIGTERM: what stops a long-running local server (`tmc-sim`, `fake-aws`) and the
+//! command line's relay pass.
+
+/// SIGINT and SIGTERM (Ctrl-C elsewhere), caught from the moment this is made: from then on
+/// neither ends the process by itself, and [`Signals::recv`] sees each one.
+pub struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    /// Waits for the next signal and names it.
+    pub async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => "Ctrl-C",
+                // No way to wait for it: never.
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+}
 
 /// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
 pub async fn stop_signal() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        Ok(())
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
-    }
+    Signals::new()?.recv().await;
+    Ok(())
 }

@@ -14,7 +14,7 @@ use crate::config::{Config, ParkedEnv, SecretSource, TopEnv};
 use crate::invocation::Overrides;
 use crate::parked::sqs::SqsParking;
 use crate::parked::{Parked, HOLD_FOR};
-use crate::relay::{Progress, Relay, RelaySettings, Report};
+use crate::relay::{Progress, Relay, RelaySettings, Report, Stop};
 use crate::top::{Secret, TopClient, TopConfig};
 
 /// The production relay's concrete types.
@@ -102,7 +102,10 @@ impl App {
         settings.retention = config.retention;
         settings.fifo_group_by = config.fifo_group_by;
         settings.parallelism = config.parallelism;
-        let mut store = DynamoStore::new(ddb, &config.table);
+        settings.max_clock_offset = config.max_clock_offset;
+        // The leases' clock is the one measured against DynamoDB's.
+        let mut store =
+            DynamoStore::new(ddb, &config.table).measuring_clock(settings.clock.clone());
         if custom_dynamodb_endpoint(sdk) {
             store = store.probe_before_first_claim();
         }
@@ -126,7 +129,20 @@ impl App {
         hard_deadline: Option<Instant>,
         progress: Arc<Progress>,
     ) -> Report {
-        let opts = ov.pass_options(&self.config, Instant::now(), hard_deadline);
+        self.run_stoppable(ov, hard_deadline, progress, Stop::never())
+            .await
+    }
+
+    /// Like `run`, and stops consuming when `stop` fires (the command line's SIGINT/SIGTERM).
+    pub async fn run_stoppable(
+        &self,
+        ov: &Overrides,
+        hard_deadline: Option<Instant>,
+        progress: Arc<Progress>,
+        stop: Stop,
+    ) -> Report {
+        let mut opts = ov.pass_options(&self.config, Instant::now(), hard_deadline);
+        opts.stop = stop;
         let before = self.usage();
         let mut report = self.relay.run_with_progress(opts, progress).await;
         let after = self.usage();

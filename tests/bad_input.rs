@@ -27,7 +27,7 @@ use url::Url;
 
 use support::{sim, Env, Received, APP_KEY, SECRET};
 use tmc_relay::relay::body::sqs_allowed;
-use tmc_relay::relay::{Mode, PassOptions, Relay, RelaySettings, Report, StopReason};
+use tmc_relay::relay::{Mode, PassOptions, Relay, RelaySettings, Report, Stop, StopReason};
 use tmc_relay::sim::{NewMessage, Scripted, SimServer};
 use tmc_relay::top::api::{CONFIRM, CONSUME};
 use tmc_relay::top::{RetryPolicy, Secret, TopClient, TopConfig, TopError};
@@ -116,6 +116,7 @@ impl Rig {
     async fn run(&self) -> Report {
         self.relay
             .run(PassOptions {
+                stop: Stop::never(),
                 groups: vec![String::new()],
                 quantity: 100,
                 mode: Mode::Drain,

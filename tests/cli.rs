@@ -1,12 +1,14 @@
 //! The `tmc-relay` binary as an operator runs it: report on stdout, logs on stderr, exit codes,
-//! refused input that consumes nothing, and no secret in any output.
+//! refused input that consumes nothing, no secret in any output, and SIGINT.
 
 mod support;
 
-use std::process::Output;
+use std::collections::{BTreeSet, HashMap};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use support::{sim, Env, SECRET};
+use tmc_relay::fakeaws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 use tmc_relay::sim::NewMessage;
 
 fn msg(i: u64) -> NewMessage {
@@ -191,4 +193,261 @@ async fn progress_line_only_on_a_terminal() {
         !String::from_utf8_lossy(&piped.stderr).contains("consumed"),
         "progress written to a pipe"
     );
+}
+
+/// A `tmc-relay run` against the simulator and the in-memory fake-aws, whose stderr lines the
+/// test can wait for.
+struct Running {
+    child: tokio::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// The fake-aws, its relay queue's name, and the relay's environment against it.
+async fn fake_aws(send_latency: Duration) -> (FakeAws, HashMap<&'static str, String>) {
+    let fake = FakeAws::start(
+        "127.0.0.1:0".parse().unwrap(),
+        FakeAwsConfig::memory().with_rules(Rules::none().with(
+            "SendMessageBatch",
+            OpRules {
+                latency_ms: u64::try_from(send_latency.as_millis()).unwrap(),
+                ..OpRules::default()
+            },
+        )),
+    )
+    .await
+    .unwrap();
+    let mem = fake.memory().unwrap();
+    let vars = HashMap::from([
+        ("RELAY_QUEUE_URL", mem.create_queue("relay").unwrap()),
+        ("PARKING_QUEUE_URL", mem.create_queue("parking").unwrap()),
+        ("DEDUP_TABLE_NAME", "dedup".to_owned()),
+        ("AWS_ENDPOINT_URL", fake.endpoint()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ]);
+    mem.create_table("dedup", &[("pk", "S")]).unwrap();
+    (fake, vars)
+}
+
+impl Running {
+    fn start(
+        sim: &tmc_relay::sim::SimServer,
+        aws: &HashMap<&'static str, String>,
+        args: &[&str],
+    ) -> Running {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tmc-relay"))
+            .env_clear()
+            .envs(aws)
+            .env("TOP_APP_KEY", support::APP_KEY)
+            .env("TOP_APP_SECRET", SECRET)
+            .env("TOP_ENDPOINT", sim.gateway_url())
+            .env("RUST_LOG", "info")
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let pipe = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::clone(&stderr);
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut reader = tokio::io::BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Running { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGINT (`kill -INT`: the test crate has no signal API of its own).
+    async fn interrupt(&self) {
+        let pid = self.child.id().expect("still running");
+        let status = tokio::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (hang guard: `within`) until stderr has a line containing `needle`.
+    async fn wait_for_stderr(&self, needle: &str, within: Duration) {
+        let started = tokio::time::Instant::now();
+        while !self
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+        {
+            assert!(
+                started.elapsed() < within,
+                "no {needle:?} on stderr: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (hang guard: `within`) for the exit; the status and stdout.
+    async fn finish(self, within: Duration) -> (std::process::ExitStatus, String, String) {
+        let stderr = std::sync::Arc::clone(&self.stderr);
+        let out = tokio::time::timeout(within, self.child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "still running after {within:?}: {}",
+                    stderr.lock().unwrap().join("\n")
+                )
+            })
+            .unwrap();
+        // The reader has the last lines once the pipe closed.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let err = stderr.lock().unwrap().join("\n");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            err,
+        )
+    }
+}
+
+/// Waits (hang guard) until the relay has sent a first SQS request: a batch is in hand.
+async fn until_a_batch_is_at_sqs(fake: &FakeAws, run: &Running) {
+    let started = tokio::time::Instant::now();
+    while fake.stats().op("SendMessageBatch").requests == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no SQS request: {}",
+            run.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The ids in the in-memory relay queue, and the ids the simulator saw confirmed.
+fn in_sqs_and_confirmed(
+    fake: &FakeAws,
+    sim: &tmc_relay::sim::SimServer,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let in_sqs = fake
+        .memory()
+        .unwrap()
+        .messages("relay")
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let body: serde_json::Value = serde_json::from_str(&m.body).unwrap();
+            body["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let confirmed = sim
+        .state()
+        .messages
+        .into_iter()
+        .filter(|(_, m)| m.confirmed_at_ms.is_some())
+        .map(|(id, _)| id)
+        .collect();
+    (in_sqs, confirmed)
+}
+
+/// SIGINT to a following `run --max-seconds 600` while a batch is at SQS: it consumes no
+/// more, the batches in hand are enqueued, recorded and confirmed, the report is printed and
+/// the exit code is 3. What SQS holds is exactly what was confirmed: every message consumed
+/// and enqueued is confirmed, and nothing confirmed is missing from SQS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_a_following_run_after_its_batches_in_hand() {
+    let sim = sim(Duration::from_secs(300)).await;
+    sim.generate(None, 500);
+    // Each SQS request takes 2 s: the signal comes while a batch waits for SQS.
+    let (fake, aws) = fake_aws(Duration::from_secs(2)).await;
+    let run = Running::start(
+        &sim,
+        &aws,
+        &[
+            "run",
+            "--mode",
+            "follow",
+            "--max-seconds",
+            "600",
+            "--quantity",
+            "50",
+        ],
+    );
+    until_a_batch_is_at_sqs(&fake, &run).await;
+    let consumes_at_signal = sim.state().consume_calls;
+    run.interrupt().await;
+    let (status, stdout, stderr) = run.finish(Duration::from_secs(120)).await;
+
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("SIGINT: stopping"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("the JSON report");
+    assert_eq!(report["stop_reason"], "stopped", "{report}");
+    assert_eq!(report["abandoned"], 0, "{report}");
+    let consumed = report["consumed"].as_u64().unwrap();
+    assert!(consumed > 0, "{report}");
+    assert_eq!(report["confirmed"].as_u64(), Some(consumed), "{report}");
+    // A consume already on the wire may complete; none starts after the signal.
+    let st = sim.state();
+    assert!(
+        st.consume_calls <= consumes_at_signal + 1,
+        "{} consumes after the signal",
+        st.consume_calls - consumes_at_signal
+    );
+    assert!(st.pending > 0, "it stopped before draining the group");
+    let (in_sqs, confirmed) = in_sqs_and_confirmed(&fake, &sim);
+    assert_eq!(confirmed.len() as u64, consumed);
+    assert_eq!(in_sqs, confirmed);
+    fake.shutdown().await;
+}
+
+/// A second SIGINT while the batches in hand still wait for SQS exits at once with 130 (not
+/// the grace's end, which would be 3 with a report): no report, and nothing confirmed that
+/// is not in SQS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigint_exits_at_once() {
+    let sim = sim(Duration::from_secs(300)).await;
+    sim.generate(None, 500);
+    // SQS answers after 10 minutes: the batch in hand cannot finish within the grace.
+    let (fake, aws) = fake_aws(Duration::from_secs(600)).await;
+    let run = Running::start(
+        &sim,
+        &aws,
+        &[
+            "run",
+            "--mode",
+            "follow",
+            "--max-seconds",
+            "600",
+            "--quantity",
+            "50",
+        ],
+    );
+    until_a_batch_is_at_sqs(&fake, &run).await;
+    run.interrupt().await;
+    // Only once the first was seen: two signals in a row may be taken for one.
+    run.wait_for_stderr("SIGINT: stopping", Duration::from_secs(60))
+        .await;
+    run.interrupt().await;
+    let (status, stdout, stderr) = run.finish(Duration::from_secs(120)).await;
+
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("SIGINT again: exiting now"), "{stderr}");
+    assert!(stdout.trim().is_empty(), "no report: {stdout}");
+    let (in_sqs, confirmed) = in_sqs_and_confirmed(&fake, &sim);
+    assert!(confirmed.is_subset(&in_sqs), "{confirmed:?} vs {in_sqs:?}");
+    assert!(
+        confirmed.is_empty(),
+        "no receipt was written: {confirmed:?}"
+    );
+    fake.shutdown().await;
 }

@@ -14,6 +14,10 @@
 //! answers a parameterised `INSERT` with HTTP 500 and lets a duplicate succeed): [`probe`]
 //! finds out, and such an endpoint gets one conditional `PutItem` per claim instead.
 //!
+//! Every answer's `Date` header also measures the host clock's offset from DynamoDB's (see
+//! `aws::clock`); when no answer came yet, a pass first reads `clock#probe`, a key never
+//! written.
+//!
 //! [`probe`]: DynamoStore::probe
 
 use std::collections::HashMap;
@@ -26,9 +30,12 @@ use aws_sdk_dynamodb::types::{
 };
 use tokio::time::Instant;
 
+use super::clock::{measured, OffsetMeter};
 use super::errors::port_error;
 use super::within;
 use super::Meter;
+use crate::relay::lease::Clock;
+use crate::relay::offset::ClockOffset;
 use crate::relay::ports::{
     BatchRecord, ClaimItem, DedupStore, InsertOutcome, Key, NewClaim, PortError, Renewal, Settle,
     Severity, Stored, TakeOver, INSERT_CHUNK,
@@ -36,6 +43,9 @@ use crate::relay::ports::{
 
 /// The prefix of batch records' keys.
 pub const BATCH_PREFIX: &str = "b#";
+
+/// The key the clock probe reads: never written.
+pub const CLOCK_PROBE_KEY: &str = "clock#probe";
 
 #[derive(Clone, Debug)]
 pub struct DynamoStore {
@@ -49,6 +59,8 @@ pub struct DynamoStore {
     /// Probe the endpoint before the first claim (endpoints other than AWS's own).
     probe_first: bool,
     probed: Arc<tokio::sync::OnceCell<()>>,
+    /// The host clock's offset from DynamoDB's, from every answer (see `measuring_clock`).
+    clock: Option<Arc<OffsetMeter>>,
     /// Requests and capacity used, for the report and the cost model.
     pub meter: Arc<Meter>,
 }
@@ -188,6 +200,7 @@ impl DynamoStore {
             partiql: Arc::new(AtomicBool::new(true)),
             probe_first: false,
             probed: Arc::default(),
+            clock: None,
             meter: Arc::default(),
         }
     }
@@ -197,6 +210,41 @@ impl DynamoStore {
     pub fn probe_before_first_claim(mut self) -> Self {
         self.probe_first = true;
         self
+    }
+
+    /// Measures the host clock's offset from DynamoDB's on every answer, reading the host's
+    /// time from `clock` (the leases' clock), for the check a pass starts with.
+    pub fn measuring_clock(mut self, clock: Clock) -> Self {
+        let meter = Arc::new(OffsetMeter::new(clock));
+        self.client = measured(&self.client, Arc::clone(&meter));
+        self.clock = Some(meter);
+        self
+    }
+
+    /// One strongly consistent read of a key that never exists: the cheapest request whose
+    /// answer carries DynamoDB's `Date` (one read unit). Its outcome does not matter, only
+    /// that an answer came.
+    async fn probe_clock(&self, deadline: Instant) -> Result<(), PortError> {
+        let op = "BatchGetItem";
+        let ka = KeysAndAttributes::builder()
+            .consistent_read(true)
+            .keys(HashMap::from([("pk".to_owned(), s(CLOCK_PROBE_KEY))]))
+            .build()
+            .map_err(|e| PortError::new(op, Severity::Permanent, e.to_string()))?;
+        self.meter.request();
+        let call = self
+            .client
+            .batch_get_item()
+            .request_items(&self.table, ka)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send();
+        match within(deadline, op, call).await? {
+            Ok(out) => {
+                self.record_all(out.consumed_capacity());
+                Ok(())
+            }
+            Err(e) => Err(port_error(op, &e)),
+        }
     }
 
     /// True while claims go in batches of PartiQL `INSERT`s.
@@ -395,6 +443,20 @@ impl DedupStore for DynamoStore {
                 }
             })
             .await;
+    }
+
+    async fn clock_offset(&self, deadline: Instant) -> Result<Option<ClockOffset>, PortError> {
+        let Some(meter) = &self.clock else {
+            return Ok(None);
+        };
+        if meter.offset().is_none() {
+            let probed = self.probe_clock(deadline).await;
+            // An error answer carries a Date too: only no answer at all leaves it unknown.
+            if meter.offset().is_none() {
+                probed?;
+            }
+        }
+        Ok(meter.offset())
     }
 
     fn insert_chunk(&self) -> usize {

@@ -4,7 +4,9 @@
 //! - `sqs`: the relay and parking queues (`SendMessageBatch`).
 //! - `dynamo`: the dedup table (conditional `PutItem`, `BatchWriteItem`, `DeleteItem`).
 //! - `errors`: SDK errors → `Severity`.
+//! - `clock`: the host clock's offset from DynamoDB's, from the `Date` of its answers.
 
+pub mod clock;
 pub mod dynamo;
 pub mod errors;
 pub mod sqs;

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use tmc_relay::config::{Config, ParkedEnv, TopEnv};
 use tmc_relay::invocation::Overrides;
 use tmc_relay::parked::{self, fmt_age, Filter, Selection, REASON_CODES};
-use tmc_relay::relay::{Mode, Progress, RelaySettings};
+use tmc_relay::relay::{Mode, Progress, RelaySettings, Stop, StopReason};
+use tmc_relay::signals::Signals;
 use tmc_relay::top::{ErrorClass, Secret, TopClient, TopError};
 use tmc_relay::wiring::{self, App};
 
@@ -33,7 +34,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one relay pass and print its JSON report on stdout.
+    /// Run one relay pass and print its JSON report on stdout. SIGINT or SIGTERM stops
+    /// consuming: the batches in hand finish (at most 30 s), the report is printed and the
+    /// exit code is 3; a second signal exits at once with 130.
     Run(RunArgs),
     /// Permit a seller's messages (taobao.tmc.user.permit). Needs the seller's session.
     Permit {
@@ -248,7 +251,38 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `run` was stopped by SIGINT or SIGTERM and finished its batches in hand (or left them
+/// for redelivery when the grace ran out): the report is on stdout.
+const EXIT_STOPPED: u8 = 3;
+/// A second signal: the process exits at once, the batches in hand left for redelivery (a
+/// batch confirms nothing before its receipt), and no report.
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// From now on SIGINT and SIGTERM stop the pass instead of killing the process: the first
+/// fires `stop`, a second exits at once.
+fn stop_on_signals(stop: &Stop) -> Result<(), String> {
+    let mut signals = Signals::new().map_err(|e| format!("could not catch SIGINT/SIGTERM: {e}"))?;
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let first = signals.recv().await;
+        eprintln!(
+            "\n{first}: stopping: no more consumes; the batches in hand finish within {} s (a second signal exits at once)",
+            stop.grace().as_secs()
+        );
+        stop.fire();
+        let second = signals.recv().await;
+        eprintln!(
+            "{second} again: exiting now; TMC redelivers what the batches in hand did not confirm"
+        );
+        std::process::exit(EXIT_INTERRUPTED);
+    });
+    Ok(())
+}
+
 async fn run(args: RunArgs) -> Result<ExitCode, String> {
+    // Before anything else: a signal during the start still ends the run cleanly.
+    let stop = Stop::default();
+    stop_on_signals(&stop)?;
     let overrides = Overrides {
         group_names: args.group_names,
         quantity: args.quantity,
@@ -284,7 +318,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, String> {
             }
         })
     });
-    let report = app.run(&overrides, None, progress).await;
+    let report = app.run_stoppable(&overrides, None, progress, stop).await;
     if let Some(t) = ticker {
         t.abort();
         eprintln!();
@@ -297,6 +331,17 @@ async fn run(args: RunArgs) -> Result<ExitCode, String> {
             report.error.as_deref().unwrap_or("fatal error")
         );
         return Ok(ExitCode::from(1));
+    }
+    if report
+        .groups
+        .iter()
+        .any(|g| g.stop_reason == StopReason::Stopped)
+    {
+        eprintln!(
+            "stopped by a signal: {} confirmed; {} abandoned when the grace ran out",
+            report.counts.confirmed, report.counts.abandoned
+        );
+        return Ok(ExitCode::from(EXIT_STOPPED));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -279,16 +279,24 @@ impl<D: DedupStore> Leases<'_, D> {
         })
     }
 
+    /// How long before its lease ends by its own clock a holder stops sending: twice the
+    /// allowed clock offset (two hosts may each be that far off the servers), plus a second
+    /// for how well the offset is known (the servers' `Date` has whole seconds).
+    fn fence_margin_ms(&self) -> u64 {
+        millis(self.policy.clock_allowance.saturating_mul(2)).saturating_add(1000)
+    }
+
     /// Until when the holder may have a send in flight: `None` once the lease is lost, or
-    /// when less than [`LEAST_SEND_TIME`] is left of it after twice the clock allowance (the
-    /// most two hosts' clocks may differ). Checked before every send request, whose attempt
+    /// when less than [`LEAST_SEND_TIME`] is left of it before the fence margin. Checked before every send request, whose attempt
     /// ends by then: a lease that lapses stops its holder before another batch can take over.
     pub fn send_until(&self, lease: &BatchLease) -> Option<Instant> {
         if lease.state.is_lost() {
             return None;
         }
-        let margin = millis(self.policy.clock_allowance.saturating_mul(2));
-        let end = lease.state.valid_until_ms().checked_sub(margin)?;
+        let end = lease
+            .state
+            .valid_until_ms()
+            .checked_sub(self.fence_margin_ms())?;
         let left = Duration::from_millis(end.checked_sub(self.clock.now_ms())?);
         if left < LEAST_SEND_TIME {
             return None;
@@ -391,11 +399,9 @@ impl<D: DedupStore> Leases<'_, D> {
                 Ok(()) => {
                     // Written after the sends' fence point: another batch may have taken the
                     // claims over meanwhile and sent them again.
-                    let late =
-                        lease.state.is_lost()
-                            || self.clock.now_ms().saturating_add(millis(
-                                self.policy.clock_allowance.saturating_mul(2),
-                            )) >= lease.state.valid_until_ms();
+                    let late = lease.state.is_lost()
+                        || self.clock.now_ms().saturating_add(self.fence_margin_ms())
+                            >= lease.state.valid_until_ms();
                     return Ok(Settled { late });
                 }
                 Err(e) if e.severity == Severity::Retryable => {

@@ -568,7 +568,8 @@ async fn a_holder_whose_lease_lapsed_sends_no_more() {
         })
         .await;
     let c = &rep.counts;
-    // The lease (60 s) less twice the allowance (2 s) leaves 56 s: at most 6 requests of 10.
+    // The lease (60 s) less twice the allowance (2 s) and a second leaves 55 s: at most 6
+    // requests of 10.
     assert!(c.enqueued <= 60, "sent past the lease: {c:?}");
     assert!(c.enqueued >= 10, "{c:?}");
     assert_eq!(c.enqueued + c.deferred, 200, "{c:?}");

@@ -9,7 +9,9 @@
 //!   heartbeat, receipts, batched claims and takeovers, with its crash-point tests.
 //! - `send`: the SQS stage: per-entry retries, and what an entry's outcome was.
 //! - `flow`: flow control: adaptive concurrency limits and attempt timeouts per AWS service.
+//! - `offset`: the host clock's offset from the servers', and the check a pass starts with.
 //! - `report`: the JSON report.
+//! - `stop`: asking a pass to stop consuming (SIGINT/SIGTERM on the command line).
 //! - `memory`: in-memory adapters for tests.
 
 pub mod biz_key;
@@ -17,12 +19,17 @@ pub mod body;
 pub mod flow;
 pub mod lease;
 pub mod memory;
+pub mod offset;
 pub mod pass;
 pub mod ports;
 pub mod report;
 pub mod send;
+pub mod stop;
+#[cfg(test)]
+mod stop_tests;
 #[cfg(test)]
 mod tests;
 
 pub use pass::{Mode, PassOptions, Progress, Relay, RelaySettings};
 pub use report::{Counts, Report, StopReason};
+pub use stop::{Stop, STOP_GRACE};

@@ -92,6 +92,9 @@ impl Default for RelaySettings {
 /// What one pass should do; built from configuration and the invocation payload.
 #[derive(Clone, Debug)]
 pub struct PassOptions {
+    /// Stops consuming when fired (SIGINT/SIGTERM on the command line); the batches in hand
+    /// get its grace to finish. The Lambda's never fires.
+    pub stop: super::stop::Stop,
     /// TMC groups; the empty string is the app's default group.
     pub groups: Vec<String>,
     /// Messages per consume, 10..=200.
@@ -153,6 +156,9 @@ struct PassShared {
     /// Set on the first fatal error: every loop stops consuming.
     fatal: AtomicBool,
     fatal_error: Mutex<Option<String>>,
+    /// The host clock was checked against the store's: once per pass, before its first
+    /// consume (so before its first lease write).
+    clock_checked: tokio::sync::Mutex<bool>,
     oldest_pub_ms: AtomicU64,
     latency_total_ms: AtomicU64,
     latency_batches: AtomicU64,
@@ -189,6 +195,8 @@ struct GroupShared {
     counts: Mutex<Counts>,
     /// The last consume failure that was retried away, for the report.
     last_error: Mutex<Option<String>>,
+    /// Messages of batches consumed and not yet done with: what a stop's grace abandons.
+    in_hand: AtomicU64,
 }
 
 impl GroupShared {
@@ -205,6 +213,54 @@ struct LoopEnd {
 impl LoopEnd {
     fn because(reason: StopReason) -> Self {
         Self { reason, ban: None }
+    }
+}
+
+/// What the clock check says to a consume loop.
+enum ClockCheck {
+    /// Checked (now or earlier in the pass): consume.
+    Passed,
+    /// Not measured yet (the store did not answer); the pause is over: try again.
+    Retry,
+    /// The loop ends (a host clock beyond the limit, a fatal error, no budget left).
+    End(LoopEnd),
+}
+
+/// Waits for the consume loops, handing each end to `ended`. Once the pass is stopped, the
+/// batches in hand get the stop's grace; after it, the loops and their batches are dropped
+/// as in a crash: a batch confirms only what its receipt holds, so TMC redelivers the rest.
+/// True when that happened.
+async fn join_loops(
+    shared: &PassShared,
+    loops: &mut JoinSet<(usize, LoopEnd)>,
+    mut ended: impl FnMut(usize, LoopEnd),
+) -> bool {
+    let stop = &shared.opts.stop;
+    let grace_over = async {
+        stop.fired().await;
+        tokio::time::sleep(stop.grace()).await;
+    };
+    tokio::pin!(grace_over);
+    let mut abandoned = false;
+    loop {
+        let next = tokio::select! {
+            joined = loops.join_next() => Some(joined),
+            () = &mut grace_over, if !abandoned => None,
+        };
+        match next {
+            None => {
+                tracing::warn!(
+                    grace_secs = stop.grace().as_secs(),
+                    "the stop's grace ran out: leaving the batches still at work for redelivery"
+                );
+                abandoned = true;
+                loops.abort_all();
+            }
+            Some(None) => return abandoned,
+            Some(Some(Ok((gi, end)))) => ended(gi, end),
+            Some(Some(Err(e))) if e.is_cancelled() => {}
+            Some(Some(Err(e))) => shared.set_fatal(format!("a consume loop crashed: {e}")),
+        }
     }
 }
 
@@ -257,6 +313,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         let shared = Arc::new(PassShared {
             fatal: AtomicBool::new(false),
             fatal_error: Mutex::new(None),
+            clock_checked: tokio::sync::Mutex::new(false),
             oldest_pub_ms: AtomicU64::new(u64::MAX),
             latency_total_ms: AtomicU64::new(0),
             latency_batches: AtomicU64::new(0),
@@ -274,6 +331,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                     messages: AtomicU64::new(0),
                     counts: Mutex::new(Counts::default()),
                     last_error: Mutex::new(None),
+                    in_hand: AtomicU64::new(0),
                 })
             })
             .collect();
@@ -287,13 +345,22 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         let mut ends: Vec<Vec<LoopEnd>> = groups.iter().map(|_| Vec::new()).collect();
         // When each group's last loop ended: groups drain at their own pace.
         let mut group_elapsed_ms: Vec<u64> = vec![0; groups.len()];
-        while let Some(joined) = loops.join_next().await {
-            match joined {
-                Ok((gi, end)) => {
-                    ends[gi].push(end);
+        let abandoned = join_loops(&shared, &mut loops, |gi, end| {
+            ends[gi].push(end);
+            group_elapsed_ms[gi] = millis(started.elapsed());
+        })
+        .await;
+        if abandoned {
+            let per_group = shared.opts.concurrency.max(1) as usize;
+            for (gi, g) in groups.iter().enumerate() {
+                g.add(&Counts {
+                    abandoned: g.in_hand.load(Ordering::SeqCst),
+                    ..Counts::default()
+                });
+                if ends[gi].len() < per_group {
+                    ends[gi].resize_with(per_group, || LoopEnd::because(StopReason::Stopped));
                     group_elapsed_ms[gi] = millis(started.elapsed());
                 }
-                Err(e) => shared.set_fatal(format!("a consume loop crashed: {e}")),
             }
         }
         let elapsed_ms = millis(started.elapsed());
@@ -365,6 +432,58 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         }
     }
 
+    /// Checks the host clock against the store's, once per pass before its first consume: a
+    /// host whose clock is certainly off by more than `max_clock_offset` would misjudge
+    /// other hosts' leases, so the pass does not start there.
+    async fn check_clock(&self, shared: &PassShared, g: &GroupShared) -> ClockCheck {
+        let mut checked = shared.clock_checked.lock().await;
+        if *checked {
+            return ClockCheck::Passed;
+        }
+        let deadline = shared.opts.deadline;
+        // No answer within DynamoDB's attempt timeout is no answer: try again later.
+        let attempt = self.flow.dynamodb.attempt_deadline(deadline);
+        match self.store.clock_offset(attempt).await {
+            Ok(Some(offset)) => match offset.check(self.settings.max_clock_offset) {
+                Ok(()) => {
+                    tracing::debug!(
+                        offset_ms = offset.estimate_ms(),
+                        uncertainty_ms = offset.uncertainty_ms(),
+                        "host clock checked against the dedup table's"
+                    );
+                    *checked = true;
+                    ClockCheck::Passed
+                }
+                Err(why) => {
+                    shared.set_fatal(why);
+                    ClockCheck::End(LoopEnd::because(StopReason::Fatal))
+                }
+            },
+            Ok(None) => {
+                tracing::warn!("the dedup table's endpoint does not tell its time (no Date header): the host clock is not checked");
+                *checked = true;
+                ClockCheck::Passed
+            }
+            Err(e) => {
+                shared.note_port_error(&e);
+                if shared.is_fatal() {
+                    return ClockCheck::End(LoopEnd::because(StopReason::Fatal));
+                }
+                drop(checked);
+                tracing::warn!(error = %e, "could not measure the host clock's offset from the dedup table's");
+                *g.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                    "could not measure the host clock's offset from DynamoDB's: {e}"
+                ));
+                let pause = Duration::from_secs(1);
+                if !fits(pause, FIRST_BATCH_ESTIMATE, deadline) {
+                    return ClockCheck::End(LoopEnd::because(StopReason::Budget));
+                }
+                shared.opts.stop.sleep(pause).await;
+                ClockCheck::Retry
+            }
+        }
+    }
+
     async fn consume_loop(
         self: &Arc<Self>,
         shared: &Arc<PassShared>,
@@ -388,6 +507,14 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             if shared.is_fatal() {
                 break LoopEnd::because(StopReason::Fatal);
             }
+            if opts.stop.is_fired() {
+                break LoopEnd::because(StopReason::Stopped);
+            }
+            match self.check_clock(shared, g).await {
+                ClockCheck::Passed => {}
+                ClockCheck::Retry => continue,
+                ClockCheck::End(end) => break end,
+            }
             estimate = estimate.max(Duration::from_millis(slowest.load(Ordering::Relaxed)));
             let remaining = opts.deadline.saturating_duration_since(Instant::now());
             if remaining < estimate + estimate / 5 + self.receipt_reserve() {
@@ -410,15 +537,26 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                     u32::try_from((max - taken).min(u64::from(quantity))).unwrap_or(quantity);
                 quantity = left.max(crate::top::api::MIN_QUANTITY);
             }
-            let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            // A stop wakes the waits below: the batches in hand finish without another.
+            let permit = tokio::select! {
+                permit = Arc::clone(&in_flight).acquire_owned() => permit,
+                () = opts.stop.fired() => break LoopEnd::because(StopReason::Stopped),
+            };
+            let Ok(permit) = permit else {
                 break LoopEnd::because(StopReason::Fatal);
             };
             // Back-pressure: while the requests of earlier batches still wait for AWS, a new
             // batch would only wait behind them, holding its messages (and their TMC lease).
-            self.flow.wait_for_room(consume_time, opts.deadline).await;
+            tokio::select! {
+                () = self.flow.wait_for_room(consume_time, opts.deadline) => {}
+                () = opts.stop.fired() => {}
+            }
             // Waiting for a pipeline slot may have taken a while: look again.
             if shared.is_fatal() {
                 break LoopEnd::because(StopReason::Fatal);
+            }
+            if opts.stop.is_fired() {
+                break LoopEnd::because(StopReason::Stopped);
             }
             let consumed_at = Instant::now();
             let msgs = match self.tmc.consume(group, quantity, opts.deadline).await {
@@ -446,10 +584,11 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                 if !fits(pause, Duration::ZERO, opts.deadline) {
                     break LoopEnd::because(StopReason::Budget);
                 }
-                tokio::time::sleep(pause).await;
+                opts.stop.sleep(pause).await;
                 continue;
             }
             let n = msgs.len() as u64;
+            g.in_hand.fetch_add(n, Ordering::SeqCst);
             shared.progress.consumed.fetch_add(n, Ordering::Relaxed);
             g.add(&Counts {
                 consumed: n,
@@ -473,6 +612,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             let work = async move {
                 let counts = relay.process_batch(&shared2, &g2.name, msgs, places).await;
                 g2.add(&counts);
+                g2.in_hand.fetch_sub(n, Ordering::SeqCst);
                 // The first batch went through: open the other places (depth >= 2 here).
                 if !shared2.is_fatal() && !widened2.swap(true, Ordering::SeqCst) {
                     in_flight2.add_permits(depth - 1);
@@ -516,7 +656,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                         ban_secs = ban.as_secs(),
                         "TOP call limit: waiting out the ban within the budget"
                     );
-                    tokio::time::sleep(ban).await;
+                    shared.opts.stop.sleep(ban).await;
                     None
                 } else {
                     tracing::warn!(ban_secs = ban.as_secs(), error = %e, "TOP call limit: stopping the pass");
@@ -542,7 +682,7 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
                 if !fits(pause, FIRST_BATCH_ESTIMATE, deadline) {
                     return Some(LoopEnd::because(StopReason::Budget));
                 }
-                tokio::time::sleep(pause).await;
+                shared.opts.stop.sleep(pause).await;
                 None
             }
         }

@@ -303,6 +303,17 @@ pub trait DedupStore: Send + Sync + 'static {
         async {}
     }
 
+    /// The host clock's offset from the store's (leases compare wall clocks across hosts),
+    /// measured from the store's answers; a store with none to go by yet makes one cheap
+    /// request. `Ok(None)`: the store does not tell its time. A store on the host's own
+    /// clock (memory) is off by nothing.
+    fn clock_offset(
+        &self,
+        _deadline: Instant,
+    ) -> impl Future<Output = Result<Option<super::offset::ClockOffset>, PortError>> + Send {
+        async { Ok(Some(super::offset::ClockOffset::ZERO)) }
+    }
+
     /// The request `insert_claims` makes, for flow control and logs.
     fn insert_operation(&self) -> &'static str {
         "BatchExecuteStatement"

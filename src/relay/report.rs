@@ -17,6 +17,9 @@ pub enum StopReason {
     MaxBatches,
     /// Not enough time left to finish another batch.
     Budget,
+    /// Stopped by SIGINT or SIGTERM (the command line): no more consumes; the batches in hand
+    /// finished, or were left for redelivery when the stop's grace ran out (`abandoned`).
+    Stopped,
     /// TOP banned the app for longer than the remaining budget.
     RateLimited,
     /// Configuration is wrong; see `error`.
@@ -24,7 +27,8 @@ pub enum StopReason {
 }
 
 /// Message counts. Every consumed message with a valid id ends in exactly one of
-/// enqueued / duplicates / parked / deferred / held_elsewhere.
+/// enqueued / duplicates / parked / deferred / held_elsewhere (or, when a stop's grace ran
+/// out, abandoned).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Counts {
     /// Messages handed out by `consume`.
@@ -61,6 +65,10 @@ pub struct Counts {
     pub batches: u64,
     /// Consumes that returned nothing.
     pub empty_polls: u64,
+    /// Of `consumed`, those of batches still at work when a stop's grace ran out: dropped as
+    /// in a crash and counted nowhere else. A batch confirms only what its receipt holds, so
+    /// TMC redelivers whatever of them was not confirmed (a copy if SQS had accepted it).
+    pub abandoned: u64,
 }
 
 impl Counts {
@@ -80,6 +88,7 @@ impl Counts {
         self.confirm_failed += o.confirm_failed;
         self.batches += o.batches;
         self.empty_polls += o.empty_polls;
+        self.abandoned += o.abandoned;
     }
 }
 

@@ -37,6 +37,7 @@ pub(super) fn relay() -> (Arc<TestRelay>, EventLog) {
 
 pub(super) fn opts() -> PassOptions {
     PassOptions {
+        stop: Stop::never(),
         groups: vec![String::new()],
         quantity: 200,
         mode: Mode::Drain,
