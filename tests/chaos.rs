@@ -207,14 +207,17 @@ fn memory_backend_survives_storms_stalls_and_crashes() {
         "--pass-seconds",
         "8",
     ]);
+    let s = &v["storm"];
     assert_eq!(
         failed_checks(&v),
         Vec::<String>::new(),
-        "{:#}",
-        v["failures"]
+        "{:#}\nduplicates {:#}\nreceipts {:#}\nrelay counts {:#}",
+        v["failures"],
+        s["duplicates"],
+        s["receipts"],
+        s["relay_counts"]
     );
     assert_eq!(code, 0, "{v:#}");
-    let s = &v["storm"];
     assert_eq!(n(s, &["lost"]), 0);
     assert_eq!(n(s, &["early_confirms"]), 0);
     assert_eq!(n(s, &["unconfirmed"]), 0);
