@@ -141,7 +141,7 @@ struct Args {
     #[arg(long, default_value_t = 2000)]
     storm_messages: usize,
     /// How long the storm phase publishes and its storms and stalls strike (its messages are
-    /// published over the first three quarters): at least the renewal storm plus 20 s.
+    /// published over the first three quarters): at least the renewal storm plus 25 s.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     storm_seconds: u64,
     /// SIGKILLs in the storm phase, each at a moment inside a storm or stall.
@@ -1991,6 +1991,8 @@ const STORM_SQS_LATENCY_MS: u64 = 8_000;
 /// storm lasts.
 const STALL_BEYOND_LEASE: Duration = Duration::from_secs(15);
 const RENEWAL_BEYOND_LEASE: Duration = Duration::from_secs(20);
+/// The renewal storm ends between 5 and 10 s before the phase does.
+const RENEWAL_LEAD: Duration = Duration::from_secs(10);
 /// A storm-phase pass's budget ends at least this long after the last storm or stall: a
 /// receipt that meets a storm in its pass's last seconds cannot be written by any relay, so
 /// the phase does not ask for that.
@@ -2027,9 +2029,10 @@ impl StormPlan {
         tmc_relay::relay::lease::LeasePolicy::default().floor
     }
 
-    /// The shortest phase that holds the renewal storm with room on both sides.
+    /// The shortest phase that holds the stalls, then the renewal storm.
     fn min_seconds() -> u64 {
-        (Self::lease_floor() + RENEWAL_BEYOND_LEASE + Duration::from_secs(20)).as_secs()
+        (Self::lease_floor() + RENEWAL_BEYOND_LEASE + RENEWAL_LEAD + Duration::from_secs(15))
+            .as_secs()
     }
 
     fn new(args: &Args, seed: u64) -> StormPlan {
@@ -2057,7 +2060,9 @@ impl StormPlan {
             ops: effects(&DDB_WRITES, throttle(STORM_THROTTLE_RATE)),
         };
         // Every renewal refused for longer than a lease, while SQS is slow enough that batches
-        // outlive their lease.
+        // outlive their lease. Last, give or take 5 s: it stalls every running pass, so the
+        // stalls go before it, where requests still flow.
+        let renewal_from = span.saturating_sub(renewal_ms + millis(RENEWAL_LEAD));
         let mut renewal_ops = effects(&["UpdateItem"], throttle(1.0));
         renewal_ops.insert(
             "SendMessageBatch".into(),
@@ -2069,8 +2074,8 @@ impl StormPlan {
         let renewals = Storm {
             name: "renewals".into(),
             when: Schedule {
-                after_ms: 5_000,
-                gap_ms: [0, span.saturating_sub(renewal_ms + 15_000)],
+                after_ms: renewal_from,
+                gap_ms: [0, 5_000],
                 lasting_ms: [renewal_ms, renewal_ms],
                 count: 1,
                 until_ms: span,
@@ -2081,10 +2086,10 @@ impl StormPlan {
         // dropped: half of each.
         let stall_when = |count| Schedule {
             after_ms: 3_000,
-            gap_ms: [5_000, (span / 4).max(5_000)],
+            gap_ms: [2_000, 6_000],
             lasting_ms: [1_000, 3_000],
             count,
-            until_ms: span,
+            until_ms: renewal_from,
         };
         let stalled = StallEffect {
             rate: 0.5,
@@ -2721,6 +2726,20 @@ impl Outcome {
                 st.fresh_pass_at_ms
                     .map_or("-".to_owned(), |ms| (ms / 1000).to_string()),
             );
+            let spans: Vec<String> = st
+                .windows
+                .iter()
+                .map(|w| {
+                    format!(
+                        "{}/{} {:.1}-{:.1}",
+                        w.kind.as_str(),
+                        w.name,
+                        w.start_ms as f64 / 1e3,
+                        w.end_ms as f64 / 1e3
+                    )
+                })
+                .collect();
+            let _ = writeln!(o, "                  windows (s): {}", spans.join(", "));
             for (name, e) in &st.episodes {
                 let _ = writeln!(
                     o,
@@ -3085,6 +3104,16 @@ mod tests {
         let renewal = of(EpisodeKind::Storm, "renewals");
         assert_eq!(renewal.len(), 1);
         assert_eq!(renewal[0].end_ms - renewal[0].start_ms, plan.renewal_ms);
+        let stalls: Vec<Window> = plan
+            .windows
+            .iter()
+            .filter(|w| w.kind == EpisodeKind::Stall)
+            .cloned()
+            .collect();
+        assert!(
+            stalls.iter().all(|w| w.end_ms <= renewal[0].start_ms),
+            "the stalls come before the renewal storm, while requests flow: {stalls:?}"
+        );
         let fresh = millis(plan.fresh_pass_at.unwrap());
         assert!(renewal[0].contains(fresh) && fresh > renewal[0].start_ms + floor);
         assert!(of(EpisodeKind::Storm, "ddb-writes").len() >= 5);
