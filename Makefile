@@ -62,12 +62,16 @@ SEED ?= 1
 MESSAGES ?= 100000
 CRASHES ?= 20
 FAULT_RATE ?= 0.05
+# The storm phase: as many messages, through storms and stalls, with STORM_CRASHES SIGKILLs.
+STORM_MESSAGES ?= $(MESSAGES)
+STORM_CRASHES ?= 10
 
 .PHONY: chaos
-chaos: ## Chaos harness (in-memory AWS): MESSAGES= through FAULT_RATE= faults and CRASHES= SIGKILLs, SEED=; prints the figures
+chaos: ## Chaos harness (in-memory AWS): MESSAGES= through FAULT_RATE= faults and CRASHES= SIGKILLs, then STORM_MESSAGES= through storms and stalls, SEED=; prints the figures
 	cargo build --bin tmc-chaos --bin tmc-relay
 	$(TARGET_DIR)/debug/tmc-chaos --messages $(MESSAGES) --crashes $(CRASHES) \
-		--fault-rate $(FAULT_RATE) --seed $(SEED) --processes 4
+		--fault-rate $(FAULT_RATE) --seed $(SEED) --processes 4 \
+		--storm-messages $(STORM_MESSAGES) --storm-crashes $(STORM_CRASHES)
 
 lint: $(TOOLS) ## cargo fmt --check, cargo clippy -D warnings, cfn-lint
 	cargo fmt --all -- --check

@@ -1,6 +1,7 @@
 //! The chaos harness, small: real `tmc-relay run` processes drain through 5 % faults on every
-//! TMC and AWS call and SIGKILLs, then four concurrent passes race on a short lease. The full
-//! size runs with `make chaos`.
+//! TMC and AWS call and SIGKILLs, then four concurrent passes race on a short lease; and,
+//! apart, through throttle storms and stalls longer than a lease. The full size runs with
+//! `make chaos`.
 
 use std::process::Command;
 
@@ -89,6 +90,9 @@ fn memory_backend_survives_faults_crashes_and_concurrency() {
         "600",
         "--long-pass-messages",
         "600",
+        // The storms have a case of their own below.
+        "--storm-messages",
+        "0",
     ]);
     assert_sound(code, &v, 3);
     assert!(
@@ -130,6 +134,8 @@ fn moto_backend_survives_faults_crashes_and_concurrency() {
         // (tests/leases.rs).
         "--long-pass-messages",
         "0",
+        "--storm-messages",
+        "0",
     ]);
     assert_sound(code, &v, 2);
     assert!(
@@ -155,6 +161,8 @@ fn checks_fail_on_confirm_without_enqueue_and_on_unexplained_duplicates() {
         "0",
         "--long-pass-messages",
         "0",
+        "--storm-messages",
+        "0",
         "--sabotage",
         "3",
     ]);
@@ -168,4 +176,67 @@ fn checks_fail_on_confirm_without_enqueue_and_on_unexplained_duplicates() {
     for check in ["no_loss", "no_early_confirm", "duplicates_within_bound"] {
         assert!(failed.contains(check), "{check} did not fail:\n{failed}");
     }
+}
+
+/// 1,500 messages through 5 % faults plus seconds-long throttle storms on every DynamoDB
+/// write, a renewal storm longer than a lease while SQS is slow, DynamoDB writes and SQS sends
+/// stalled longer than a lease, and 3 SIGKILLs inside them, with the relay's default leases
+/// and timeouts: nothing lost or confirmed early, no receipt given up, and copies only as many
+/// as the crashes and the lost SQS answers explain.
+#[test]
+fn memory_backend_survives_storms_stalls_and_crashes() {
+    let (code, v) = chaos(&[
+        "--messages",
+        "0",
+        "--concurrency-messages",
+        "0",
+        "--long-pass-messages",
+        "0",
+        "--storm-messages",
+        "1500",
+        "--storm-seconds",
+        "120",
+        "--storm-crashes",
+        "3",
+        "--fault-rate",
+        "0.05",
+        "--seed",
+        "14",
+        "--processes",
+        "2",
+        "--pass-seconds",
+        "8",
+    ]);
+    let s = &v["storm"];
+    assert_eq!(
+        failed_checks(&v),
+        Vec::<String>::new(),
+        "{:#}\nduplicates {:#}\nreceipts {:#}\nrelay counts {:#}",
+        v["failures"],
+        s["duplicates"],
+        s["receipts"],
+        s["relay_counts"]
+    );
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(n(s, &["lost"]), 0);
+    assert_eq!(n(s, &["early_confirms"]), 0);
+    assert_eq!(n(s, &["unconfirmed"]), 0);
+    assert_eq!(n(s, &["receipts", "unsettled"]), 0);
+    assert_eq!(n(s, &["receipts", "refused_never_redone"]), 0);
+    assert!(n(s, &["duplicates", "count"]) <= n(s, &["duplicates", "bound", "total"]));
+    assert_eq!(n(s, &["crashes"]), 3, "the crashes happened");
+    assert!(
+        n(s, &["episodes", "storm/ddb-writes", "throttled"]) > 0
+            && n(s, &["episodes", "storm/renewals", "by_op", "UpdateItem"]) > 0
+            && n(s, &["episodes", "stall/ddb-writes", "stalled"]) > 0
+            && n(s, &["episodes", "stall/sqs-sends", "stalled"]) > 0,
+        "the storms and stalls met the relay's requests: {:#}",
+        s["episodes"]
+    );
+    assert!(
+        n(s, &["stall_hold_ms"]) > n(s, &["lease_floor_ms"])
+            && n(s, &["renewal_storm_ms"]) > n(s, &["lease_floor_ms"]),
+        "stalls and the renewal storm outlast the relay's shortest lease"
+    );
+    assert_eq!(n(s, &["secret_leaks"]), 0);
 }

@@ -27,7 +27,8 @@ struct Args {
     /// Seed of fault selection and message ids.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// A JSON file of rules by operation: {"SendMessageBatch": {"partial_failure_rate": 0.05}}.
+    /// A JSON file of rules by operation: {"SendMessageBatch": {"partial_failure_rate": 0.05}},
+    /// with "storms" and "stalls" beside them (see the fakeaws module's documentation).
     #[arg(long)]
     rules: Option<PathBuf>,
 }

@@ -20,9 +20,23 @@
 //!                       "error500_rate": 0.05, "lost_response_rate": 0.05,
 //!                       "lost_response_delay_ms": 0, "partial_failure_rate": 0.05,
 //!                       "sender_fault_share": 0.2},
-//!  "PutItem": {"throttle_rate": 0.7, "dynamodb_throttle": "provisioned_throughput"},
-//!  "*": {"latency_ms": 8}}
+//!  "*": {"latency_ms": 8},
+//!  "storms": [{"name": "writes", "when": {"after_ms": 2000, "gap_ms": [5000, 15000],
+//!                                         "lasting_ms": [2000, 5000], "until_ms": 120000},
+//!              "ops": {"PutItem": {"throttle_rate": 0.97}, "UpdateItem": {"throttle_rate": 0.97}}}],
+//!  "stalls": [{"name": "writes", "when": {"gap_ms": [10000, 30000], "lasting_ms": [1000, 3000],
+//!                                         "count": 2},
+//!              "ops": {"PutItem": {"rate": 0.5, "hold_ms": 75000, "answer_share": 0.5}}}]}
 //! ```
+//!
+//! Storms and stalls are windows in time after the rules were set, drawn from the seed and
+//! the episode's name ([`rules::Schedule`]). In a storm window a request to one of its
+//! operations is throttled with the operation's `throttle_rate` (DynamoDB answers
+//! `ProvisionedThroughputExceededException`, as it does under sustained overload) or, let
+//! through, waits `latency_ms` more. In a stall window a request is held with the share
+//! `rate` for `hold_ms` without an answer, then carried out and answered (`answer_share`) or
+//! dropped, never carried out. `GET /_fake/stats` counts both per operation and per episode,
+//! and `stalls_pending` says how many requests are still held.
 //!
 //! # Admin paths
 //!
@@ -54,7 +68,11 @@ use tokio::task::JoinHandle;
 
 pub use batch::Accepted;
 pub use memory::{Memory, QueueMessage};
-pub use rules::{DynamoThrottle, FaultStats, OpRules, OpStats, Rules};
+pub use rules::{
+    DynamoThrottle, EpisodeStats, FaultStats, OpRules, OpStats, Rules, Schedule, Stall,
+    StallEffect, Storm, StormEffect, Window,
+};
+pub use server::Refused;
 
 /// Where requests are carried out.
 #[derive(Clone, Debug)]
@@ -136,6 +154,7 @@ impl FakeAws {
             }
         };
         let (stop, stopping) = watch::channel(false);
+        let episodes = server::Episodes::new(&cfg.rules, cfg.seed);
         let shared = Arc::new(server::Shared {
             upstream,
             rules: RwLock::new(cfg.rules),
@@ -147,6 +166,7 @@ impl FakeAws {
             pools: Mutex::default(),
             in_flight: Mutex::default(),
             refused: Mutex::default(),
+            episodes: Mutex::new(episodes),
         });
         let app =
             server::router(shared.clone()).into_make_service_with_connect_info::<server::Conn>();
@@ -192,10 +212,17 @@ impl FakeAws {
         self.shared.accepted()
     }
 
-    /// The bodies of the `op` requests refused whole (throttling, 500) whose identical request
-    /// was not carried out since: writes that may never have happened.
-    pub fn unrecovered(&self, op: &str) -> Vec<serde_json::Value> {
+    /// The `op` requests refused whole (throttling, 500, a stall that dropped them) whose
+    /// identical request was not carried out since: writes that may never have happened. Each
+    /// with the caller's `AWS_SDK_UA_APP_ID`, so a harness can tell whose they were.
+    pub fn unrecovered(&self, op: &str) -> Vec<Refused> {
         self.shared.unrecovered(op)
+    }
+
+    /// Requests a stall holds now. Until it is 0 a held request may still be carried out, so
+    /// whoever reads the queues and tables for a verdict waits for it.
+    pub fn stalls_pending(&self) -> u64 {
+        self.shared.stats().stalls_pending
     }
 
     /// Requests and injected faults, by operation.

@@ -2,6 +2,11 @@
 //!
 //! The n-th request of an operation always draws the same faults for a given seed, whatever the
 //! other operations do: each request gets its own SplitMix64 stream keyed by (seed, operation, n).
+//!
+//! Besides those independent faults, *storms* and *stalls* are correlated ones: time windows,
+//! drawn from the seed, during which a set of operations is throttled (storm) or held without an
+//! answer for longer than a lease, then answered or dropped (stall). Real outages look like
+//! that: a partition throttled for seconds, a request stuck inside the service for a minute.
 
 use std::collections::BTreeMap;
 
@@ -98,10 +103,20 @@ pub enum DynamoThrottle {
 }
 
 /// Rules by operation name as in `X-Amz-Target` (`SendMessageBatch`, `PutItem`, ...), with
-/// [`ANY_OPERATION`] (`"*"`) for the rest. JSON: `{"SendMessageBatch": {"latency_ms": 10}}`.
+/// [`ANY_OPERATION`] (`"*"`) for the rest, plus the storms and stalls. JSON:
+/// `{"SendMessageBatch": {"latency_ms": 10}, "storms": [...], "stalls": [...]}`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Rules(pub BTreeMap<String, OpRules>);
+pub struct Rules {
+    /// Independent faults, by operation.
+    #[serde(flatten)]
+    pub ops: BTreeMap<String, OpRules>,
+    /// Windows of throttling (and added latency) over a set of operations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storms: Vec<Storm>,
+    /// Windows in which requests are held without an answer, then answered or dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stalls: Vec<Stall>,
+}
 
 impl Rules {
     /// No faults, no latency.
@@ -111,7 +126,19 @@ impl Rules {
 
     /// Adds or replaces the rule for one operation (or [`ANY_OPERATION`]).
     pub fn with(mut self, op: &str, rules: OpRules) -> Self {
-        self.0.insert(op.to_owned(), rules);
+        self.ops.insert(op.to_owned(), rules);
+        self
+    }
+
+    /// Adds a storm.
+    pub fn with_storm(mut self, storm: Storm) -> Self {
+        self.storms.push(storm);
+        self
+    }
+
+    /// Adds a stall.
+    pub fn with_stall(mut self, stall: Stall) -> Self {
+        self.stalls.push(stall);
         self
     }
 
@@ -123,19 +150,324 @@ impl Rules {
     /// The rule in force for `op` and the key it is stored under (`op` or `"*"`): requests
     /// under one key share its capacity.
     pub fn rule_for(&self, op: &str) -> (String, OpRules) {
-        match self.0.get(op) {
+        match self.ops.get(op) {
             Some(r) => (op.to_owned(), r.clone()),
             None => (
                 ANY_OPERATION.to_owned(),
-                self.0.get(ANY_OPERATION).cloned().unwrap_or_default(),
+                self.ops.get(ANY_OPERATION).cloned().unwrap_or_default(),
             ),
         }
     }
 
-    /// Rejects rates outside `0..=1` and delays over [`MAX_DELAY_MS`].
+    /// Rejects rates outside `0..=1`, delays over [`MAX_DELAY_MS`], schedules that never
+    /// advance, and storms or stalls without a name of their own (their windows are drawn by
+    /// name).
     pub fn validate(&self) -> Result<(), String> {
-        self.0.iter().try_for_each(|(op, r)| r.check(op))
+        self.ops.iter().try_for_each(|(op, r)| r.check(op))?;
+        let mut names = std::collections::BTreeSet::new();
+        for s in &self.storms {
+            check_episode(EpisodeKind::Storm, &s.name, &s.when, &mut names)?;
+            for (op, e) in &s.ops {
+                check_rate(
+                    &format!("storm {}: {op}.throttle_rate", s.name),
+                    e.throttle_rate,
+                )?;
+                check_delay(&format!("storm {}: {op}.latency_ms", s.name), e.latency_ms)?;
+            }
+        }
+        for s in &self.stalls {
+            check_episode(EpisodeKind::Stall, &s.name, &s.when, &mut names)?;
+            for (op, e) in &s.ops {
+                check_rate(&format!("stall {}: {op}.rate", s.name), e.rate)?;
+                check_rate(
+                    &format!("stall {}: {op}.answer_share", s.name),
+                    e.answer_share,
+                )?;
+                check_delay(&format!("stall {}: {op}.hold_ms", s.name), e.hold_ms)?;
+            }
+        }
+        Ok(())
     }
+
+    /// Every storm and stall window that starts before `horizon_ms` (after the rules were set),
+    /// as fake-aws draws them for `seed`: the harness plans around the same windows.
+    pub fn windows(&self, seed: u64, horizon_ms: u64) -> Vec<Window> {
+        let storms = self
+            .storms
+            .iter()
+            .map(|s| (EpisodeKind::Storm, &s.name, &s.when));
+        let stalls = self
+            .stalls
+            .iter()
+            .map(|s| (EpisodeKind::Stall, &s.name, &s.when));
+        let mut all: Vec<Window> = storms
+            .chain(stalls)
+            .flat_map(|(kind, name, when)| {
+                WindowIter::new(seed, kind, name, when).take_while(move |w| w.start_ms < horizon_ms)
+            })
+            .collect();
+        all.sort_by_key(|w| (w.start_ms, w.end_ms));
+        all
+    }
+}
+
+fn check_rate(what: &str, v: f64) -> Result<(), String> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{what} must be within 0..=1, got {v}"))
+    }
+}
+
+fn check_delay(what: &str, v: u64) -> Result<(), String> {
+    if v <= MAX_DELAY_MS {
+        Ok(())
+    } else {
+        Err(format!("{what} must be at most {MAX_DELAY_MS} ms, got {v}"))
+    }
+}
+
+fn check_episode(
+    kind: EpisodeKind,
+    name: &str,
+    when: &Schedule,
+    names: &mut std::collections::BTreeSet<String>,
+) -> Result<(), String> {
+    let label = format!("{}/{name}", kind.as_str());
+    if name.is_empty() {
+        return Err(format!("every {} needs a name", kind.as_str()));
+    }
+    if !names.insert(label.clone()) {
+        return Err(format!("{label} is named twice"));
+    }
+    let [glo, ghi] = when.gap_ms;
+    let [llo, lhi] = when.lasting_ms;
+    if glo > ghi || llo > lhi {
+        return Err(format!(
+            "{label}: gap_ms and lasting_ms are [low, high] ranges"
+        ));
+    }
+    if llo == 0 {
+        return Err(format!("{label}: lasting_ms must be at least 1"));
+    }
+    for (what, v) in [
+        ("after_ms", when.after_ms),
+        ("gap_ms", ghi),
+        ("lasting_ms", lhi),
+    ] {
+        check_delay(&format!("{label}: {what}"), v)?;
+    }
+    Ok(())
+}
+
+/// Storms or stalls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EpisodeKind {
+    Storm,
+    Stall,
+}
+
+impl EpisodeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EpisodeKind::Storm => "storm",
+            EpisodeKind::Stall => "stall",
+        }
+    }
+}
+
+/// When a storm or stall strikes, in ms after the rules were set. Window k starts a gap after
+/// window k−1 ended (the first a gap after `after_ms`) and lasts `lasting_ms`; gaps and
+/// lengths are drawn uniformly from their `[low, high]` ranges, from the seed and the
+/// episode's name, so the same seed gives the same windows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Schedule {
+    /// Nothing starts before this.
+    pub after_ms: u64,
+    /// The quiet time before each window.
+    pub gap_ms: [u64; 2],
+    /// Each window's length.
+    pub lasting_ms: [u64; 2],
+    /// At most this many windows; 0: as many as fit.
+    pub count: u32,
+    /// No window reaches past this (the last one is cut short); 0: no end.
+    pub until_ms: u64,
+}
+
+/// One window of a storm or stall, in ms after the rules were set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub kind: EpisodeKind,
+    pub name: String,
+    /// Its number within its episode, from 0.
+    pub index: u32,
+    pub start_ms: u64,
+    /// Exclusive.
+    pub end_ms: u64,
+}
+
+impl Window {
+    pub fn contains(&self, t_ms: u64) -> bool {
+        self.start_ms <= t_ms && t_ms < self.end_ms
+    }
+}
+
+/// The windows of one episode, in order, drawn lazily.
+#[derive(Clone, Debug)]
+pub struct WindowIter {
+    rng: SplitMix64,
+    kind: EpisodeKind,
+    name: String,
+    when: Schedule,
+    next: u32,
+    /// Where the next gap starts.
+    from_ms: u64,
+}
+
+impl WindowIter {
+    pub fn new(seed: u64, kind: EpisodeKind, name: &str, when: &Schedule) -> Self {
+        let key = fnv1a(kind.as_str()) ^ fnv1a(name).rotate_left(29);
+        Self {
+            rng: SplitMix64::new(seed ^ key),
+            kind,
+            name: name.to_owned(),
+            when: when.clone(),
+            next: 0,
+            from_ms: when.after_ms,
+        }
+    }
+}
+
+impl Iterator for WindowIter {
+    type Item = Window;
+
+    fn next(&mut self) -> Option<Window> {
+        let w = &self.when;
+        if w.count > 0 && self.next >= w.count {
+            return None;
+        }
+        let [glo, ghi] = w.gap_ms;
+        let [llo, lhi] = w.lasting_ms;
+        let gap = glo.saturating_add(self.rng.up_to(ghi.saturating_sub(glo)));
+        let lasting = llo
+            .saturating_add(self.rng.up_to(lhi.saturating_sub(llo)))
+            .max(1);
+        let start = self.from_ms.saturating_add(gap);
+        let mut end = start.saturating_add(lasting);
+        if w.until_ms > 0 {
+            if start >= w.until_ms {
+                return None;
+            }
+            end = end.min(w.until_ms);
+        }
+        self.from_ms = end;
+        let index = self.next;
+        self.next += 1;
+        Some(Window {
+            kind: self.kind,
+            name: self.name.clone(),
+            index,
+            start_ms: start,
+            end_ms: end,
+        })
+    }
+}
+
+/// The windows of one episode drawn so far, to answer "is `t` inside one?" cheaply.
+#[derive(Clone, Debug)]
+pub struct WindowCache {
+    iter: WindowIter,
+    known: Vec<Window>,
+    exhausted: bool,
+}
+
+impl WindowCache {
+    pub fn new(iter: WindowIter) -> Self {
+        Self {
+            iter,
+            known: Vec::new(),
+            exhausted: false,
+        }
+    }
+
+    /// The window containing `t_ms`, if any.
+    pub fn covering(&mut self, t_ms: u64) -> Option<&Window> {
+        while !self.exhausted && self.known.last().is_none_or(|w| w.start_ms <= t_ms) {
+            match self.iter.next() {
+                Some(w) => self.known.push(w),
+                None => self.exhausted = true,
+            }
+        }
+        // Windows are ordered and disjoint: the last that starts by `t` is the only candidate.
+        let i = self.known.partition_point(|w| w.start_ms <= t_ms);
+        self.known[..i].last().filter(|w| w.contains(t_ms))
+    }
+}
+
+/// A storm: in each window, requests to `ops` are throttled with their `throttle_rate` (DynamoDB
+/// answers `ProvisionedThroughputExceededException`, SQS `RequestThrottled`), and those let
+/// through wait `latency_ms` more. JSON:
+/// `{"name": "writes", "when": {"after_ms": 2000, "gap_ms": [5000, 15000], "lasting_ms": [2000,
+/// 5000]}, "ops": {"PutItem": {"throttle_rate": 0.97}, "UpdateItem": {"throttle_rate": 0.97}}}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storm {
+    /// Unique among the storms; its windows are drawn from it.
+    pub name: String,
+    pub when: Schedule,
+    /// By operation, `"*"` for every other.
+    pub ops: BTreeMap<String, StormEffect>,
+}
+
+/// What a storm does to one operation's requests.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StormEffect {
+    pub throttle_rate: f64,
+    /// Added before answering a request that was not throttled (a brownout).
+    pub latency_ms: u64,
+}
+
+/// A stall: in each window, requests to `ops` are held, without an answer, for `hold_ms`.
+/// Then each is either answered (carried out only then, as a request stuck inside the service
+/// is) or dropped (the connection closes, the request never carried out).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Stall {
+    /// Unique among the stalls; its windows are drawn from it.
+    pub name: String,
+    pub when: Schedule,
+    /// By operation, `"*"` for every other.
+    pub ops: BTreeMap<String, StallEffect>,
+}
+
+/// What a stall does to one operation's requests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StallEffect {
+    /// The share of requests arriving in a window that are held.
+    pub rate: f64,
+    pub hold_ms: u64,
+    /// The share of held requests answered (carried out at the end of the hold); the rest are
+    /// dropped without being carried out.
+    pub answer_share: f64,
+}
+
+impl Default for StallEffect {
+    fn default() -> Self {
+        Self {
+            rate: 1.0,
+            hold_ms: 0,
+            answer_share: 0.5,
+        }
+    }
+}
+
+/// The effect for `op` in an episode's map: its own, or the `"*"` one.
+pub fn effect_for<'a, E>(ops: &'a BTreeMap<String, E>, op: &str) -> Option<&'a E> {
+    ops.get(op).or_else(|| ops.get(ANY_OPERATION))
 }
 
 /// A whole-request fault.
@@ -245,12 +577,27 @@ pub struct OpStats {
     /// Sum over requests of the requests in flight each found on arrival (itself included):
     /// divided by `requests`, the load a request typically met.
     pub in_flight_seen: u64,
+    /// Of `throttled`, those a storm threw.
+    #[serde(default)]
+    pub storm_throttled: u64,
+    /// Requests a storm slowed down (its `latency_ms`).
+    #[serde(default)]
+    pub storm_delayed: u64,
+    /// Requests a stall held.
+    #[serde(default)]
+    pub stalled: u64,
+    /// Of `stalled`, those carried out and answered at the end of the hold.
+    #[serde(default)]
+    pub stall_answered: u64,
+    /// Of `stalled`, those dropped without being carried out.
+    #[serde(default)]
+    pub stall_dropped: u64,
 }
 
 impl OpStats {
     /// Every injected fault, whole-request or per entry.
     pub fn faults(&self) -> u64 {
-        self.throttled + self.error500 + self.lost_responses + self.failed_entries
+        self.throttled + self.error500 + self.lost_responses + self.failed_entries + self.stalled
     }
 
     /// The mean number of requests in flight a request found on arrival.
@@ -263,10 +610,33 @@ impl OpStats {
     }
 }
 
+/// What one storm or stall did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EpisodeStats {
+    /// Requests to its operations that arrived inside one of its windows.
+    pub requests: u64,
+    /// Storms: requests throttled, and requests slowed down.
+    pub throttled: u64,
+    pub delayed: u64,
+    /// Stalls: requests held, then answered or dropped.
+    pub stalled: u64,
+    pub answered: u64,
+    pub dropped: u64,
+    /// Requests hit, by operation.
+    pub by_op: BTreeMap<String, u64>,
+}
+
 /// Counts by operation name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultStats {
     pub ops: BTreeMap<String, OpStats>,
+    /// By `storm/<name>` or `stall/<name>`.
+    #[serde(default)]
+    pub episodes: BTreeMap<String, EpisodeStats>,
+    /// Requests a stall holds now: until it is 0, a held request may still be carried out.
+    #[serde(default)]
+    pub stalls_pending: u64,
 }
 
 impl FaultStats {
@@ -289,6 +659,12 @@ impl FaultStats {
             t.abandoned_entries += s.abandoned_entries;
             t.peak_in_flight = t.peak_in_flight.max(s.peak_in_flight);
             t.in_flight_seen += s.in_flight_seen;
+            t.unrecovered += s.unrecovered;
+            t.storm_throttled += s.storm_throttled;
+            t.storm_delayed += s.storm_delayed;
+            t.stalled += s.stalled;
+            t.stall_answered += s.stall_answered;
+            t.stall_dropped += s.stall_dropped;
             t
         })
     }
@@ -437,6 +813,157 @@ mod tests {
             DynamoThrottle::Either
         );
         assert!(serde_json::from_str::<Rules>(r#"{"PutItem":{"dynamodb_throttle":"x"}}"#).is_err());
+    }
+
+    fn writes_storm() -> Storm {
+        let hit = StormEffect {
+            throttle_rate: 0.97,
+            latency_ms: 0,
+        };
+        Storm {
+            name: "writes".into(),
+            when: Schedule {
+                after_ms: 1_000,
+                gap_ms: [2_000, 9_000],
+                lasting_ms: [500, 4_000],
+                count: 0,
+                until_ms: 120_000,
+            },
+            ops: [("PutItem", hit.clone()), ("UpdateItem", hit)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        }
+    }
+
+    /// A seed always draws the same windows, another seed others, each within its ranges,
+    /// disjoint, in order, and none past `until_ms`.
+    #[test]
+    fn windows_are_drawn_from_the_seed_within_their_ranges() {
+        let rules = Rules::none().with_storm(writes_storm());
+        let a = rules.windows(5, u64::MAX);
+        assert_eq!(a, rules.windows(5, u64::MAX));
+        assert_ne!(a, rules.windows(6, u64::MAX));
+        assert!(a.len() >= 120_000 / 13_000, "{a:?}");
+        let mut from = 1_000;
+        for w in &a {
+            assert!((from + 2_000..=from + 9_000).contains(&w.start_ms), "{w:?}");
+            let len = w.end_ms - w.start_ms;
+            assert!(len <= 4_000 && (len >= 500 || w.end_ms == 120_000), "{w:?}");
+            assert!(w.end_ms <= 120_000);
+            from = w.end_ms;
+        }
+    }
+
+    /// `count` caps the windows, and two episodes of different names draw different windows.
+    #[test]
+    fn count_caps_windows_and_names_separate_them() {
+        let mut one = writes_storm();
+        one.when.count = 3;
+        let mut other = one.clone();
+        other.name = "other".into();
+        let w1 = Rules::none().with_storm(one).windows(1, u64::MAX);
+        let w2 = Rules::none().with_storm(other).windows(1, u64::MAX);
+        assert_eq!(w1.len(), 3);
+        assert_ne!(
+            w1.iter().map(|w| w.start_ms).collect::<Vec<_>>(),
+            w2.iter().map(|w| w.start_ms).collect::<Vec<_>>()
+        );
+    }
+
+    /// The cache finds the window covering a moment exactly as the drawn list says, at its
+    /// edges too (the end is exclusive).
+    #[test]
+    fn window_cache_agrees_with_the_drawn_windows() {
+        let storm = writes_storm();
+        let all = Rules::none().with_storm(storm.clone()).windows(9, u64::MAX);
+        let mut cache = WindowCache::new(WindowIter::new(
+            9,
+            EpisodeKind::Storm,
+            "writes",
+            &storm.when,
+        ));
+        for t in (0..125_000).step_by(97).chain(
+            all.iter()
+                .flat_map(|w| [w.start_ms, w.end_ms - 1, w.end_ms]),
+        ) {
+            let want = all.iter().find(|w| w.contains(t));
+            assert_eq!(cache.covering(t), want, "at {t}");
+        }
+    }
+
+    /// Storms and stalls read from JSON beside the per-operation rules, and write back the same.
+    #[test]
+    fn storms_and_stalls_round_trip_through_json() {
+        let text = r#"{"*": {"latency_ms": 1},
+            "storms": [{"name": "w", "when": {"after_ms": 5, "gap_ms": [1, 2], "lasting_ms": [3, 4]},
+                        "ops": {"PutItem": {"throttle_rate": 0.98}}}],
+            "stalls": [{"name": "s", "when": {"gap_ms": [0, 0], "lasting_ms": [9, 9], "count": 1},
+                        "ops": {"*": {"hold_ms": 70000}}}]}"#;
+        let r: Rules = serde_json::from_str(text).unwrap();
+        r.validate().unwrap();
+        assert_eq!(r.for_op("GetItem").latency_ms, 1);
+        assert_eq!(r.storms[0].ops["PutItem"].throttle_rate, 0.98);
+        let stall = &r.stalls[0].ops["*"];
+        assert_eq!(
+            (stall.rate, stall.hold_ms, stall.answer_share),
+            (1.0, 70_000, 0.5)
+        );
+        let back: Rules = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(effect_for(&r.stalls[0].ops, "PutItem"), Some(stall));
+        assert!(serde_json::from_str::<Rules>(
+            r#"{"storms": [{"name": "w", "when": {"lasting": [1, 2]}}]}"#
+        )
+        .is_err());
+    }
+
+    /// Nameless, twice-named, empty-window, inverted-range and out-of-range episodes are refused.
+    #[test]
+    fn invalid_episodes_are_rejected() {
+        let ok = writes_storm();
+        assert!(Rules::none().with_storm(ok.clone()).validate().is_ok());
+        let mut nameless = ok.clone();
+        nameless.name.clear();
+        let mut empty = ok.clone();
+        empty.when.lasting_ms = [0, 0];
+        let mut inverted = ok.clone();
+        inverted.when.gap_ms = [9, 1];
+        let mut rate = ok.clone();
+        rate.ops.get_mut("PutItem").unwrap().throttle_rate = 1.5;
+        for bad in [nameless, empty, inverted, rate] {
+            assert!(
+                Rules::none().with_storm(bad.clone()).validate().is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(Rules::none()
+            .with_storm(ok.clone())
+            .with_storm(ok.clone())
+            .validate()
+            .is_err());
+        let stall = Stall {
+            name: "writes".into(),
+            when: ok.when.clone(),
+            ops: [(
+                "PutItem".to_owned(),
+                StallEffect {
+                    hold_ms: MAX_DELAY_MS + 1,
+                    ..StallEffect::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        assert!(Rules::none().with_stall(stall.clone()).validate().is_err());
+        let mut fine = stall;
+        fine.ops.get_mut("PutItem").unwrap().hold_ms = 75_000;
+        // A stall may share a storm's name: they are drawn apart by kind.
+        assert!(Rules::none()
+            .with_storm(ok)
+            .with_stall(fine)
+            .validate()
+            .is_ok());
     }
 
     /// Rules read from JSON with unknown fields are refused rather than ignored.

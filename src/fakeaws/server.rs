@@ -1,7 +1,7 @@
 //! The HTTP side: one handler for every AWS request (faults, then the backend), the admin
 //! paths under `/_fake/`, and a listener whose connections a handler can drop unanswered.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,7 +27,8 @@ use super::batch::{self, Accepted, Split};
 use super::memory::Memory;
 use super::moto::{Moto, TARGET};
 use super::rules::{
-    choose_fault, request_rng, DynamoThrottle, Fault, FaultStats, OpRules, Rules, SplitMix64,
+    choose_fault, effect_for, request_rng, DynamoThrottle, EpisodeKind, EpisodeStats, Fault,
+    FaultStats, OpRules, Rules, SplitMix64, StallEffect, StormEffect, WindowCache, WindowIter,
 };
 use super::wire::{parse_target, Answer, AwsError, Service};
 
@@ -38,6 +39,76 @@ const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 pub(crate) enum Upstream {
     Moto(Moto),
     Memory(Memory),
+}
+
+/// Storms and stalls in force: their windows count from `epoch`, when the rules were set.
+#[derive(Debug)]
+pub(crate) struct Episodes {
+    epoch: std::time::Instant,
+    storms: Vec<(String, BTreeMap<String, StormEffect>, WindowCache)>,
+    stalls: Vec<(String, BTreeMap<String, StallEffect>, WindowCache)>,
+}
+
+impl Episodes {
+    pub fn new(rules: &Rules, seed: u64) -> Self {
+        let cache =
+            |kind, name: &str, when| WindowCache::new(WindowIter::new(seed, kind, name, when));
+        Self {
+            epoch: std::time::Instant::now(),
+            storms: rules
+                .storms
+                .iter()
+                .map(|s| {
+                    let c = cache(EpisodeKind::Storm, &s.name, &s.when);
+                    (s.name.clone(), s.ops.clone(), c)
+                })
+                .collect(),
+            stalls: rules
+                .stalls
+                .iter()
+                .map(|s| {
+                    let c = cache(EpisodeKind::Stall, &s.name, &s.when);
+                    (s.name.clone(), s.ops.clone(), c)
+                })
+                .collect(),
+        }
+    }
+
+    /// What the storms and stalls do to a request to `op` arriving now.
+    fn active(&mut self, op: &str) -> Active {
+        let t = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut a = Active::default();
+        for (name, ops, windows) in &mut self.storms {
+            if let Some(e) = effect_for(ops, op) {
+                if windows.covering(t).is_some() {
+                    a.storms.push((format!("storm/{name}"), e.clone()));
+                }
+            }
+        }
+        for (name, ops, windows) in &mut self.stalls {
+            if let Some(e) = effect_for(ops, op) {
+                if windows.covering(t).is_some() {
+                    a.stalls.push((format!("stall/{name}"), e.clone()));
+                }
+            }
+        }
+        a
+    }
+}
+
+/// The storms and stalls a request arrived in.
+#[derive(Debug, Default)]
+struct Active {
+    storms: Vec<(String, StormEffect)>,
+    stalls: Vec<(String, StallEffect)>,
+}
+
+/// A request refused whole (throttling, a 500, a stall that dropped it) and not carried out
+/// since: its body and the `app/` name in its user agent (`AWS_SDK_UA_APP_ID`), if any.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refused {
+    pub body: Value,
+    pub caller: Option<String>,
 }
 
 /// State shared by every connection.
@@ -57,9 +128,11 @@ pub(crate) struct Shared {
     pub pools: Mutex<HashMap<(String, u32), Arc<tokio::sync::Semaphore>>>,
     /// Requests inside fake-aws now, per operation.
     pub in_flight: Mutex<HashMap<String, u64>>,
-    /// Requests refused whole (throttling, 500) and not carried out since, by operation: their
-    /// bodies, by the digest of their canonical JSON.
-    pub refused: Mutex<HashMap<String, HashMap<u64, Value>>>,
+    /// Requests refused whole (throttling, 500, dropped stalls) and not carried out since, by
+    /// operation, by the digest of their canonical JSON.
+    pub refused: Mutex<HashMap<String, HashMap<u64, Refused>>>,
+    /// The storms and stalls of the rules in force.
+    pub episodes: Mutex<Episodes>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,6 +146,8 @@ impl Shared {
 
     pub fn set_rules(&self, rules: Rules) -> Result<(), String> {
         rules.validate()?;
+        // The new storms' and stalls' windows count from now.
+        *lock(&self.episodes) = Episodes::new(&rules, self.seed);
         *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
         Ok(())
     }
@@ -81,12 +156,30 @@ impl Shared {
         lock(&self.stats).clone()
     }
 
+    fn count_episode(&self, name: &str, op: &str, f: impl FnOnce(&mut EpisodeStats)) {
+        let mut all = lock(&self.stats);
+        let e = all.episodes.entry(name.to_owned()).or_default();
+        *e.by_op.entry(op.to_owned()).or_default() += 1;
+        e.requests += 1;
+        f(e);
+    }
+
+    fn stopping_now(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Counts a held request until the guard drops.
+    fn hold(self: &Arc<Self>) -> Held {
+        lock(&self.stats).stalls_pending += 1;
+        Held(Arc::clone(self))
+    }
+
     pub fn accepted(&self) -> Vec<Accepted> {
         lock(&self.accepted).clone()
     }
 
-    /// The bodies of the `op` requests refused whole and not carried out since.
-    pub fn unrecovered(&self, op: &str) -> Vec<Value> {
+    /// The `op` requests refused whole and not carried out since.
+    pub fn unrecovered(&self, op: &str) -> Vec<Refused> {
         lock(&self.refused)
             .get(op)
             .map(|m| m.values().cloned().collect())
@@ -95,7 +188,7 @@ impl Shared {
 
     /// Notes a request refused whole (`refused`), or carried out: a refused request whose
     /// identical retry was carried out since is recovered.
-    fn note_refusal(&self, op: &str, body: Option<&Value>, refused: bool) {
+    fn note_refusal(&self, op: &str, body: Option<&Value>, refused: bool, caller: Option<&str>) {
         let Some(b) = body else { return };
         let digest = {
             use std::hash::{Hash, Hasher};
@@ -108,7 +201,11 @@ impl Shared {
             let mut all = lock(&self.refused);
             let set = all.entry(op.to_owned()).or_default();
             if refused {
-                set.insert(digest, b.clone()).is_none()
+                let r = Refused {
+                    body: b.clone(),
+                    caller: caller.map(str::to_owned),
+                };
+                set.insert(digest, r).is_none()
             } else {
                 set.remove(&digest).is_some()
             }
@@ -188,6 +285,29 @@ impl Drop for InFlight {
             *n = n.saturating_sub(1);
         }
     }
+}
+
+/// A request a stall holds, counted out when dropped.
+struct Held(Arc<Shared>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0.stats);
+        s.stalls_pending = s.stalls_pending.saturating_sub(1);
+    }
+}
+
+/// The name a client gave itself with `AWS_SDK_UA_APP_ID`: the `app/<name>` of its user agent.
+fn caller_of(headers: &HeaderMap) -> Option<String> {
+    ["x-amz-user-agent", "user-agent"].iter().find_map(|h| {
+        headers
+            .get(*h)?
+            .to_str()
+            .ok()?
+            .split(' ')
+            .find_map(|t| t.strip_prefix("app/"))
+            .map(str::to_owned)
+    })
 }
 
 /// Set when the client stops waiting for an answer (hyper drops the handler).
@@ -443,6 +563,18 @@ fn throttle(service: Service, rules: &OpRules, rng: &mut SplitMix64) -> AwsError
     }
 }
 
+/// A storm's throttling, as each service sends it under sustained overload.
+fn storm_throttle(service: Service) -> AwsError {
+    match service {
+        Service::DynamoDb => AwsError::ddb_throughput(),
+        _ => AwsError::sqs_throttled(),
+    }
+}
+
+/// Storms and stalls draw from a stream of their own, so adding them leaves every independent
+/// fault where it was.
+const EPISODE_STREAM: u64 = 0x5707_A11E_D0C5_0001;
+
 fn server_error(service: Service) -> AwsError {
     match service {
         Service::DynamoDb => AwsError::ddb_internal(),
@@ -465,7 +597,7 @@ fn split(op: &str, body: &Value, rules: &OpRules, rng: &mut SplitMix64) -> Optio
 
 #[allow(clippy::too_many_arguments)]
 async fn handle(
-    st: &Shared,
+    st: &Arc<Shared>,
     service: Service,
     op: &str,
     method: Method,
@@ -474,9 +606,12 @@ async fn handle(
     body: Bytes,
     client_gone: &AtomicBool,
 ) -> Outcome {
+    // Storms and stalls are windows in time: what counts is when the request arrived.
+    let active = lock(&st.episodes).active(op);
+    let caller = caller_of(headers);
     let (key, rules) = st.rules().rule_for(op);
     // An overloaded server: wait for a worker, who then takes the latency.
-    let _worker = st.worker(&key, rules.capacity).await;
+    let worker = st.worker(&key, rules.capacity).await;
     let n = {
         let mut c = lock(&st.counters);
         let slot = c.entry(op.to_owned()).or_default();
@@ -487,25 +622,77 @@ async fn handle(
     let fault = choose_fault(&rules, &mut rng);
     let jitter = rng.up_to(rules.latency_jitter_ms);
     st.count(op, |s| s.requests += 1);
+    let episode = draw_episode(st, op, n, &active);
     st.pause(rules.latency_ms.saturating_add(jitter)).await;
 
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let entries = || parsed.as_ref().map_or(1, |b| batch::entries_of(op, b));
+    // A stall's request, once held, is answered as if nothing else had happened to it.
+    let mut fault = fault;
+    let mut _held = None;
+    match episode {
+        Episode::Throttled => {
+            let n = entries();
+            st.count(op, |s| {
+                s.faulted_entries += n;
+                s.throttled += 1;
+                s.storm_throttled += 1;
+            });
+            st.note_refusal(op, parsed.as_ref(), true, caller.as_deref());
+            return Outcome::Answer(storm_throttle(service).answer(service));
+        }
+        Episode::Stalled { hold_ms, answer } => {
+            // Held requests wait outside any worker: a stuck request does not serve others.
+            drop(worker);
+            let n = entries();
+            st.count(op, |s| {
+                s.faulted_entries += n;
+                s.stalled += 1;
+                if answer {
+                    s.stall_answered += 1;
+                } else {
+                    s.stall_dropped += 1;
+                }
+            });
+            let held = st.hold();
+            if !answer {
+                // Never carried out: the same as a refusal the client cannot see.
+                st.note_refusal(op, parsed.as_ref(), true, caller.as_deref());
+                st.pause(hold_ms).await;
+                drop(held);
+                return Outcome::Lost { delay_ms: 0 };
+            }
+            st.pause(hold_ms).await;
+            if st.stopping_now() {
+                // Shutting down: nothing is carried out any more.
+                return Outcome::Lost { delay_ms: 0 };
+            }
+            fault = None;
+            _held = Some(held);
+        }
+        Episode::Delayed(ms) => {
+            st.count(op, |s| s.storm_delayed += 1);
+            st.pause(ms).await;
+        }
+        Episode::None => {}
+    }
+
     if fault.is_some() {
-        let n = parsed.as_ref().map_or(1, |b| batch::entries_of(op, b));
+        let n = entries();
         st.count(op, |s| s.faulted_entries += n);
     }
     match fault {
         Some(Fault::Throttle) => {
             st.count(op, |s| s.throttled += 1);
-            st.note_refusal(op, parsed.as_ref(), true);
+            st.note_refusal(op, parsed.as_ref(), true, caller.as_deref());
             return Outcome::Answer(throttle(service, &rules, &mut rng).answer(service));
         }
         Some(Fault::Error500) => {
             st.count(op, |s| s.error500 += 1);
-            st.note_refusal(op, parsed.as_ref(), true);
+            st.note_refusal(op, parsed.as_ref(), true, caller.as_deref());
             return Outcome::Answer(server_error(service).answer(service));
         }
-        _ => st.note_refusal(op, parsed.as_ref(), false),
+        _ => st.note_refusal(op, parsed.as_ref(), false, None),
     }
 
     let split = parsed.as_ref().and_then(|b| split(op, b, &rules, &mut rng));
@@ -551,6 +738,85 @@ async fn handle(
         };
     }
     Outcome::Answer(answer)
+}
+
+/// What the storms and stalls a request arrived in do to it.
+#[derive(Debug, PartialEq)]
+enum Episode {
+    None,
+    /// A storm throttles it.
+    Throttled,
+    /// A storm slows it down by this many ms.
+    Delayed(u64),
+    /// A stall holds it, then answers it (carried out then) or drops it.
+    Stalled {
+        hold_ms: u64,
+        answer: bool,
+    },
+}
+
+/// Draws, for the `n`-th request of `op`, what its storms and stalls do: a throttling storm
+/// first (refused at once), then a stall, then the longest storm latency. A fixed number of
+/// draws per episode keeps the stream the same whatever the outcome.
+fn draw_episode(st: &Shared, op: &str, n: u64, active: &Active) -> Episode {
+    if active.storms.is_empty() && active.stalls.is_empty() {
+        return Episode::None;
+    }
+    let mut rng = request_rng(st.seed ^ EPISODE_STREAM, op, n);
+    let storms: Vec<bool> = active
+        .storms
+        .iter()
+        .map(|(_, e)| rng.next_f64() < e.throttle_rate)
+        .collect();
+    let stalls: Vec<(bool, bool)> = active
+        .stalls
+        .iter()
+        .map(|(_, e)| (rng.next_f64() < e.rate, rng.next_f64() < e.answer_share))
+        .collect();
+    // Which episode decides: the first storm that throttles, else the first stall that holds.
+    let thrower = storms.iter().position(|hit| *hit);
+    let holder = thrower
+        .is_none()
+        .then(|| stalls.iter().position(|(held, _)| *held))
+        .flatten();
+    let latency = active
+        .storms
+        .iter()
+        .map(|(_, e)| e.latency_ms)
+        .max()
+        .unwrap_or(0);
+    let slowed = thrower.is_none() && holder.is_none() && latency > 0;
+    for (i, (name, e)) in active.storms.iter().enumerate() {
+        st.count_episode(name, op, |s| {
+            if thrower == Some(i) {
+                s.throttled += 1;
+            } else if slowed && e.latency_ms > 0 {
+                s.delayed += 1;
+            }
+        });
+    }
+    for (i, (name, _)) in active.stalls.iter().enumerate() {
+        let answer = stalls[i].1;
+        st.count_episode(name, op, |s| {
+            if holder == Some(i) {
+                s.stalled += 1;
+                if answer {
+                    s.answered += 1;
+                } else {
+                    s.dropped += 1;
+                }
+            }
+        });
+    }
+    match (thrower, holder) {
+        (Some(_), _) => Episode::Throttled,
+        (None, Some(i)) => Episode::Stalled {
+            hold_ms: active.stalls[i].1.hold_ms,
+            answer: stalls[i].1,
+        },
+        (None, None) if slowed => Episode::Delayed(latency),
+        (None, None) => Episode::None,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

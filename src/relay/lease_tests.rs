@@ -699,7 +699,8 @@ async fn a_takeover_fences_the_lapsed_record() {
     assert_eq!((rep.counts.taken_over, rep.counts.enqueued), (2, 2));
     assert!(r.store.batches.lock().unwrap()["dead"].fenced);
     let far = Instant::now() + Duration::from_secs(5);
-    let now = clock.now_ms();
+    // As a holder whose clock is behind would renew: only the fence can refuse it.
+    let now = r.store.batches.lock().unwrap()["dead"].lease_until_ms;
     assert_eq!(
         r.store
             .renew_batch("dead", now + 60_000, now, far)
