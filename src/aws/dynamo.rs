@@ -427,6 +427,49 @@ impl DynamoStore {
             }
         }
     }
+
+    /// A conditional `UpdateItem` of a batch record. `Ok(Some(old))` when the condition
+    /// failed, with the item there when the endpoint hands it back (`ALL_OLD`).
+    async fn update_batch(
+        &self,
+        token: &str,
+        update: &str,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+        deadline: Instant,
+    ) -> Result<Option<Option<Attrs>>, PortError> {
+        let op = "UpdateItem";
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", key_value(&Key::Batch(token.to_owned())))
+            .update_expression(update)
+            .condition_expression(condition)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        for (k, v) in values {
+            req = req.expression_attribute_values(k, v);
+        }
+        self.meter.request();
+        match within(deadline, op, req.send()).await? {
+            Ok(out) => {
+                self.record(out.consumed_capacity());
+                Ok(None)
+            }
+            Err(e) => {
+                use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+                if let Some(UpdateItemError::ConditionalCheckFailedException(cf)) =
+                    e.as_service_error()
+                {
+                    // A failed conditional write still consumes a write unit.
+                    self.meter.capacity(1.0, 0.0);
+                    return Ok(Some(cf.item().cloned()));
+                }
+                Err(port_error(op, &e))
+            }
+        }
+    }
 }
 
 impl DedupStore for DynamoStore {
@@ -603,40 +646,20 @@ impl DedupStore for DynamoStore {
         now_ms: u64,
         deadline: Instant,
     ) -> Result<Renewal, PortError> {
-        let op = "UpdateItem";
-        self.meter.request();
-        let call = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", key_value(&Key::Batch(token.to_owned())))
-            .update_expression("SET lease_until = :l")
-            // Only a live lease, never fenced nor settled, and only forward: a renewal never
-            // revives a lapsed lease, and a late attempt never shortens a later one.
-            .condition_expression(
+        let Some(old) = self
+            .update_batch(
+                token,
+                "SET lease_until = :l",
+                // Only a live lease, never fenced nor settled, and only forward: a renewal
+                // never revives a lapsed lease, and a late attempt never shortens a later one.
                 "attribute_exists(pk) AND attribute_not_exists(settled) \
                  AND attribute_not_exists(fenced) AND lease_until >= :now AND lease_until < :l",
+                vec![(":l", n(lease_until_ms)), (":now", n(now_ms))],
+                deadline,
             )
-            .expression_attribute_values(":l", n(lease_until_ms))
-            .expression_attribute_values(":now", n(now_ms))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send();
-        let old = match within(deadline, op, call).await? {
-            Ok(out) => {
-                self.record(out.consumed_capacity());
-                return Ok(Renewal::Renewed);
-            }
-            Err(e) => {
-                use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-                let Some(UpdateItemError::ConditionalCheckFailedException(cf)) =
-                    e.as_service_error()
-                else {
-                    return Err(port_error(op, &e));
-                };
-                self.meter.capacity(1.0, 0.0);
-                cf.item().cloned()
-            }
+            .await?
+        else {
+            return Ok(Renewal::Renewed);
         };
         // Endpoints that do not hand the old item back (emulators): read it.
         let record = match old {
@@ -665,33 +688,19 @@ impl DedupStore for DynamoStore {
         judged_lease_until_ms: u64,
         deadline: Instant,
     ) -> Result<bool, PortError> {
-        let op = "UpdateItem";
-        self.meter.request();
-        let call = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", key_value(&Key::Batch(token.to_owned())))
-            .update_expression("SET fenced = :t")
-            .condition_expression("lease_until = :judged AND attribute_not_exists(settled)")
-            .expression_attribute_values(":t", AttributeValue::Bool(true))
-            .expression_attribute_values(":judged", n(judged_lease_until_ms))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send();
-        match within(deadline, op, call).await? {
-            Ok(out) => {
-                self.record(out.consumed_capacity());
-                Ok(true)
-            }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                self.meter.capacity(1.0, 0.0);
-                Ok(false)
-            }
-            Err(e) => Err(port_error(op, &e)),
-        }
+        let changed = self
+            .update_batch(
+                token,
+                "SET fenced = :t",
+                "lease_until = :judged AND attribute_not_exists(settled)",
+                vec![
+                    (":t", AttributeValue::Bool(true)),
+                    (":judged", n(judged_lease_until_ms)),
+                ],
+                deadline,
+            )
+            .await?;
+        Ok(changed.is_none())
     }
 
     async fn settle_batch(&self, st: &Settle, deadline: Instant) -> Result<(), PortError> {
