@@ -360,6 +360,17 @@ fn in_sqs_and_confirmed(
     (in_sqs, confirmed)
 }
 
+/// A `run` that would go on polling for ten minutes: only a signal ends it early.
+const FOLLOWING_RUN: &[&str] = &[
+    "run",
+    "--mode",
+    "follow",
+    "--max-seconds",
+    "600",
+    "--quantity",
+    "50",
+];
+
 /// SIGINT to a following `run --max-seconds 600` while a batch is at SQS: it consumes no
 /// more, the batches in hand are enqueued, recorded and confirmed, the report is printed and
 /// the exit code is 3. What SQS holds is exactly what was confirmed: every message consumed
@@ -370,19 +381,7 @@ async fn sigint_stops_a_following_run_after_its_batches_in_hand() {
     sim.generate(None, 500);
     // Each SQS request takes 2 s: the signal comes while a batch waits for SQS.
     let (fake, aws) = fake_aws(Duration::from_secs(2)).await;
-    let run = Running::start(
-        &sim,
-        &aws,
-        &[
-            "run",
-            "--mode",
-            "follow",
-            "--max-seconds",
-            "600",
-            "--quantity",
-            "50",
-        ],
-    );
+    let run = Running::start(&sim, &aws, FOLLOWING_RUN);
     until_a_batch_is_at_sqs(&fake, &run).await;
     let consumes_at_signal = sim.state().consume_calls;
     run.interrupt().await;
@@ -419,19 +418,7 @@ async fn a_second_sigint_exits_at_once() {
     sim.generate(None, 500);
     // SQS answers after 10 minutes: the batch in hand cannot finish within the grace.
     let (fake, aws) = fake_aws(Duration::from_secs(600)).await;
-    let run = Running::start(
-        &sim,
-        &aws,
-        &[
-            "run",
-            "--mode",
-            "follow",
-            "--max-seconds",
-            "600",
-            "--quantity",
-            "50",
-        ],
-    );
+    let run = Running::start(&sim, &aws, FOLLOWING_RUN);
     until_a_batch_is_at_sqs(&fake, &run).await;
     run.interrupt().await;
     // Only once the first was seen: two signals in a row may be taken for one.
