@@ -81,7 +81,7 @@ lint: $(TOOLS) ## cargo fmt --check, cargo clippy -D warnings, cfn-lint
 build: $(TOOLS) ## Release Lambda artifact for arm64: target/lambda/bootstrap/bootstrap.zip (prints its size)
 	@rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu \
 		|| rustup target add aarch64-unknown-linux-gnu
-	$(TOOLS_ENV) cargo lambda build --release --arm64 --bin bootstrap --output-format zip \
+	$(TOOLS_ENV) cargo lambda build --release --arm64 --package tmc-relay --bin bootstrap --output-format zip \
 		--lambda-dir $(TARGET_DIR)/lambda
 	@$(VENV)/bin/python infra/local.py artifact $(TARGET_DIR)/lambda/bootstrap/bootstrap.zip
 

@@ -1,5 +1,4 @@
-//! SIGINT and SIGTERM: what stops a long-running local server (`tmc-sim`, `fake-aws`) and the
-//! command line's relay pass.
+//! SIGINT and SIGTERM: what stops the command line's relay pass.
 
 /// SIGINT and SIGTERM (Ctrl-C elsewhere), caught from the moment this is made: from then on
 /// neither ends the process by itself, and [`Signals::recv`] sees each one.
@@ -44,10 +43,4 @@ impl Signals {
             }
         }
     }
-}
-
-/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
-pub async fn stop_signal() -> std::io::Result<()> {
-    Signals::new()?.recv().await;
-    Ok(())
 }

@@ -14,8 +14,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::config::Credentials;
 use tokio::time::Instant;
 
+use fake_aws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 use tmc_relay::aws::dynamo::DynamoStore;
-use tmc_relay::fakeaws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 use tmc_relay::relay::flow::{LimitConfig, Limiter};
 use tmc_relay::relay::lease::{Clock, LeasePolicy, Leases};
 use tmc_relay::relay::ports::{

@@ -12,9 +12,9 @@ use tokio::time::Instant;
 use url::Url;
 
 use support::{sim, APP_KEY, SECRET};
-use tmc_relay::sim::{Faults, InjectedError, MethodFaults, NewMessage, SimServer};
 use tmc_relay::top::api::{GROUPS_GET, JMS_USER_ADD, USER_PERMIT};
 use tmc_relay::top::{Secret, TopClient, TopConfig};
+use tmc_sim::{Faults, InjectedError, MethodFaults, NewMessage, SimServer};
 
 /// The simulator reads `sess-<nick>` as the session of seller `<nick>`.
 const SESSION: &str = "sess-shopA";
@@ -359,7 +359,7 @@ async fn missing_session_says_session_and_calls_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_session_says_check_the_session() {
     let sim = sim(Duration::from_secs(300)).await;
-    let revoked = [("TOP_SESSION", tmc_relay::sim::INVALID_SESSION)];
+    let revoked = [("TOP_SESSION", tmc_sim::INVALID_SESSION)];
     for args in [vec!["permit"], vec!["jms", "add"]] {
         let err = failure(&admin(&sim, &revoked, &args).await);
         assert!(

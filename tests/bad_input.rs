@@ -28,10 +28,10 @@ use url::Url;
 use support::{sim, Env, Received, APP_KEY, SECRET};
 use tmc_relay::relay::body::sqs_allowed;
 use tmc_relay::relay::{Mode, PassOptions, Relay, RelaySettings, Report, Stop, StopReason};
-use tmc_relay::sim::{NewMessage, Scripted, SimServer};
 use tmc_relay::top::api::{CONFIRM, CONSUME};
 use tmc_relay::top::{RetryPolicy, Secret, TopClient, TopConfig, TopError};
 use tmc_relay::wiring::AwsRelay;
+use tmc_sim::{NewMessage, Scripted, SimServer};
 
 // ---------------------------------------------------------------------------------------------
 // Support: captured logs, a relay with a hand-built TOP client, reading queues back.

@@ -7,9 +7,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use fake_aws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 use support::{sim, Env, SECRET};
-use tmc_relay::fakeaws::{FakeAws, FakeAwsConfig, OpRules, Rules};
-use tmc_relay::sim::NewMessage;
+use tmc_sim::NewMessage;
 
 fn msg(i: u64) -> NewMessage {
     NewMessage {
@@ -150,9 +150,9 @@ async fn fatal_error_exits_one_and_says_what_to_fix() {
 async fn progress_line_only_on_a_terminal() {
     let sim = sim(Duration::from_secs(300)).await;
     let env = Env::new(false).await;
-    sim.set_faults(tmc_relay::sim::Faults::none().with(
+    sim.set_faults(tmc_sim::Faults::none().with(
         "taobao.tmc.messages.consume",
-        tmc_relay::sim::MethodFaults {
+        tmc_sim::MethodFaults {
             latency: Duration::from_millis(400),
             ..Default::default()
         },
@@ -232,7 +232,7 @@ async fn fake_aws(send_latency: Duration) -> (FakeAws, HashMap<&'static str, Str
 
 impl Running {
     fn start(
-        sim: &tmc_relay::sim::SimServer,
+        sim: &tmc_sim::SimServer,
         aws: &HashMap<&'static str, String>,
         args: &[&str],
     ) -> Running {
@@ -337,7 +337,7 @@ async fn until_a_batch_is_at_sqs(fake: &FakeAws, run: &Running) {
 /// The ids in the in-memory relay queue, and the ids the simulator saw confirmed.
 fn in_sqs_and_confirmed(
     fake: &FakeAws,
-    sim: &tmc_relay::sim::SimServer,
+    sim: &tmc_sim::SimServer,
 ) -> (BTreeSet<String>, BTreeSet<String>) {
     let in_sqs = fake
         .memory()

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use support::{sim, Env};
-use tmc_relay::sim::NewMessage;
+use tmc_sim::NewMessage;
 use tokio::process::{Child, Command};
 
 /// The project's cargo-lambda, installed by `make test` into the virtualenv.

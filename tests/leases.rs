@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
+use fake_aws::inspect::live_claims;
 use support::{sim, Env};
-use tmc_relay::fakeaws::inspect::live_claims;
 use tokio::time::Instant;
 
 /// How long the test waits at most: the longest lease a batch can have, plus room for the

@@ -10,16 +10,16 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use fake_aws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 use support::{moto, sim, Env, SECRET};
 use tmc_relay::aws::sqs::SqsQueue;
-use tmc_relay::fakeaws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 use tmc_relay::invocation::Overrides;
 use tmc_relay::parked::sqs::SqsParking;
 use tmc_relay::parked::ParkingQueue;
 use tmc_relay::relay::body::{pack, parking_entry, relay_entry, Defect, FifoGroupBy};
 use tmc_relay::relay::ports::Queue;
-use tmc_relay::sim::NewMessage;
 use tmc_relay::top::TmcMessage;
+use tmc_sim::NewMessage;
 
 /// A trade message as TMC sends it: ids above 2^53 as bare JSON numbers.
 fn trade(id: u64) -> Value {

@@ -7,11 +7,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use fake_aws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 use support::{sim, Env};
-use tmc_relay::fakeaws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 use tmc_relay::invocation::Overrides;
 use tmc_relay::relay::{RelaySettings, StopReason};
-use tmc_relay::sim::{Faults, MethodFaults, NewMessage, SimServer};
+use tmc_sim::{Faults, MethodFaults, NewMessage, SimServer};
 
 fn message(i: u64) -> NewMessage {
     NewMessage {

@@ -32,10 +32,10 @@ use url::Url;
 use support::{sim, unique, Env, APP_KEY, SECRET};
 use tmc_relay::config::{parse_endpoint, Config};
 use tmc_relay::relay::RelaySettings;
-use tmc_relay::sim::{Faults, MethodFaults, NewMessage, Scripted};
 use tmc_relay::top::api::USER_PERMIT;
 use tmc_relay::top::{RetryPolicy, Secret, TopClient, TopConfig, TopError};
 use tmc_relay::wiring::{App, WiringError};
+use tmc_sim::{Faults, MethodFaults, NewMessage, Scripted};
 
 /// A seller session key; like the app secret, it must never be printed.
 const SESSION: &str = "seller-session-7f3a9c-XYZ";

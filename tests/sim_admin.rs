@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tmc_relay::sim::{SimConfig, SimServer, SimState};
 use tmc_relay::top::{RetryPolicy, Secret, TopClient, TopConfig, TopError};
+use tmc_sim::{SimConfig, SimServer, SimState};
 use tokio::time::Instant;
 use url::Url;
 

@@ -7,13 +7,13 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use fake_aws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 use support::{sdk, sim, APP_KEY, SECRET};
 use tmc_relay::config::Config;
-use tmc_relay::fakeaws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 use tmc_relay::invocation::Overrides;
 use tmc_relay::relay::{RelaySettings, StopReason};
-use tmc_relay::sim::NewMessage;
 use tmc_relay::wiring::App;
+use tmc_sim::NewMessage;
 
 fn overloaded(capacity: u32, latency_ms: u64) -> OpRules {
     OpRules {

@@ -16,15 +16,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::time::Duration;
 
+use fake_aws::inspect::live_claim_ids;
+use fake_aws::{DynamoThrottle, FakeAws, FakeAwsConfig, OpRules, Rules};
 use serde_json::{json, Value};
 use support::{sim, Env};
-use tmc_relay::fakeaws::inspect::live_claim_ids;
-use tmc_relay::fakeaws::{DynamoThrottle, FakeAws, FakeAwsConfig, OpRules, Rules};
 use tmc_relay::invocation::Overrides;
 use tmc_relay::relay::ports::DedupStore;
 use tmc_relay::relay::RelaySettings;
-use tmc_relay::sim::SimServer;
 use tmc_relay::wiring::App;
+use tmc_sim::SimServer;
 use tokio::time::Instant;
 
 /// A scheduled pass's budget: template.yaml's default function `Timeout`, handed to the pass
@@ -210,7 +210,7 @@ async fn report_of(app: &App, budget: Duration) -> Value {
     serde_json::to_value(&r).unwrap()
 }
 
-fn ids_of(sim: &SimServer, pred: impl Fn(&tmc_relay::sim::MessageState) -> bool) -> HashSet<u64> {
+fn ids_of(sim: &SimServer, pred: impl Fn(&tmc_sim::MessageState) -> bool) -> HashSet<u64> {
     sim.state()
         .messages
         .iter()

@@ -15,8 +15,8 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 
 use tmc_relay::config::Config;
 use tmc_relay::relay::RelaySettings;
-use tmc_relay::sim::{SimConfig, SimServer};
 use tmc_relay::wiring::App;
+use tmc_sim::{SimConfig, SimServer};
 
 /// The app secret every test uses; the secrecy tests look for it in all output.
 pub const SECRET: &str = "sim-secret-0xC0FFEE";

@@ -6,10 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::top::api;
-use crate::top::clock::parse_wire_time;
-use crate::top::sign::{sign, signature_matches, SignMethod};
-use crate::top::Secret;
+use crate::signature::{self, Algorithm};
+use crate::wire::{method as api, parse_wire_time, response_key};
 
 use super::SimConfig;
 
@@ -227,11 +225,11 @@ pub struct Verified {
     /// A method from [`KNOWN_METHODS`].
     pub method: String,
     /// The algorithm the signature was checked with.
-    pub sign_method: SignMethod,
+    pub sign_method: Algorithm,
     /// `simplify=true`: answer flat JSON with plain arrays.
     pub simplify: bool,
     /// The seller's session key, when sent (never logged).
-    pub session: Option<Secret>,
+    pub session: Option<String>,
 }
 
 impl fmt::Debug for Verified {
@@ -266,19 +264,14 @@ pub fn verify_request(
         .get("sign")
         .ok_or_else(|| ApiError::new(24, "Missing signature"))?;
     let sign_method = match params.get("sign_method") {
-        None => SignMethod::Md5,
-        Some(m) => m.parse::<SignMethod>().map_err(|_| {
+        None => Algorithm::Md5,
+        Some(m) => Algorithm::from_wire(m).ok_or_else(|| {
             ApiError::new(25, "Invalid signature")
                 .detail("sign_method must be md5, hmac or hmac-sha256")
         })?,
     };
-    let secret = Secret::new(cfg.app_secret.as_str());
-    let expected = sign(
-        params.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        &secret,
-        sign_method,
-    );
-    if !signature_matches(received, &expected) {
+    let expected = signature::expected(&params.pairs, &cfg.app_secret, sign_method);
+    if !signature::matches(received, &expected) {
         return Err(ApiError::new(25, "Invalid signature").detail(format!(
             "the {sign_method} signature of the sorted parameters does not match"
         )));
@@ -338,7 +331,7 @@ pub fn verify_request(
         simplify: params
             .get("simplify")
             .is_some_and(|s| s.eq_ignore_ascii_case("true")),
-        session: session.map(Secret::new),
+        session: session.map(str::to_owned),
     })
 }
 
@@ -445,10 +438,7 @@ impl Shape {
             Shape::Simplified => Value::Object(fields).to_string(),
             Shape::Plain => {
                 let mut root = Map::new();
-                root.insert(
-                    crate::top::envelope::response_key(method),
-                    Value::Object(fields),
-                );
+                root.insert(response_key(method), Value::Object(fields));
                 Value::Object(root).to_string()
             }
         }
@@ -458,8 +448,54 @@ impl Shape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::top::clock::wire_timestamp;
-    use crate::top::sign::vectors;
+    use crate::wire::wire_timestamp;
+
+    /// The protocol notes' signing vectors, the same table the client's tests read.
+    const VECTORS: &str = include_str!("../../../tests/data/sign-vectors.json");
+
+    /// One vector set: its secret, its parameters without `sign_method`, and the signature per
+    /// method.
+    struct VectorSet {
+        secret: String,
+        params: Vec<(String, String)>,
+        signatures: Vec<(String, String)>,
+    }
+
+    fn vector_set(name: &str) -> VectorSet {
+        let all: Value = serde_json::from_str(VECTORS).unwrap();
+        let set = all["sets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no vector set {name}"));
+        let text = |v: &Value| v.as_str().unwrap().to_owned();
+        VectorSet {
+            secret: text(&set["secret"]),
+            params: set["params"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|kv| (text(&kv[0]), text(&kv[1])))
+                .collect(),
+            signatures: set["signatures"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(m, s)| (m.clone(), text(s)))
+                .collect(),
+        }
+    }
+
+    impl VectorSet {
+        /// The parameters as sent with `sign_method` and `sign`.
+        fn request(&self, sign_method: &str, signature: &str) -> Vec<(String, String)> {
+            let mut p = self.params.clone();
+            p.push(("sign_method".into(), sign_method.into()));
+            p.push(("sign".into(), signature.into()));
+            p
+        }
+    }
 
     fn cfg() -> SimConfig {
         SimConfig {
@@ -474,17 +510,8 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_451_620_800)
     }
 
-    /// A documented vector's parameters plus `sign` (empty: none yet).
-    fn with_sign(params: vectors::Params, signature: &str) -> Vec<(String, String)> {
-        params
-            .into_iter()
-            .chain([("sign", signature)])
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
-    }
-
-    fn consume_params(sign_method: &'static str, signature: &str) -> Vec<(String, String)> {
-        with_sign(vectors::consume(sign_method), signature)
+    fn consume_params(sign_method: &str, signature: &str) -> Vec<(String, String)> {
+        vector_set("taobao.tmc.messages.consume").request(sign_method, signature)
     }
 
     /// Re-signs after editing, so each check is reached on its own.
@@ -493,13 +520,9 @@ mod tests {
         let m = pairs
             .iter()
             .find(|(k, _)| k == "sign_method")
-            .map(|(_, v)| v.parse().unwrap_or(SignMethod::Md5))
-            .unwrap_or(SignMethod::Md5);
-        let s = sign(
-            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            &Secret::new(secret),
-            m,
-        );
+            .and_then(|(_, v)| Algorithm::from_wire(v))
+            .unwrap_or(Algorithm::Md5);
+        let s = signature::expected(&pairs, secret, m);
         pairs.push(("sign".into(), s));
         RequestParams::from_pairs(pairs)
     }
@@ -525,17 +548,21 @@ mod tests {
         p.retain(|(n, _)| n != k);
     }
 
-    /// The documented consume vectors verify with all three methods.
+    /// The documented consume vectors verify with all three methods, and the signature the
+    /// gateway computes is exactly the documented one.
     #[test]
     fn documented_vectors_verify() {
-        for (m, s) in vectors::CONSUME {
-            let p = RequestParams::from_pairs(consume_params(m, s));
+        let set = vector_set("taobao.tmc.messages.consume");
+        assert_eq!(set.signatures.len(), 3);
+        for (m, s) in &set.signatures {
+            let p = RequestParams::from_pairs(set.request(m, s));
             let v = verify_request(&p, &cfg(), vector_now()).unwrap();
-            assert_eq!(v.method, "taobao.tmc.messages.consume");
-            assert_eq!(v.sign_method.as_str(), m);
+            assert_eq!(v.sign_method.wire_name(), m);
             assert!(v.simplify);
+            let alg = Algorithm::from_wire(m).unwrap();
+            assert_eq!(&signature::expected(p.pairs(), &set.secret, alg), s);
             // Lower-case hex is the same signature.
-            let p = RequestParams::from_pairs(consume_params(m, &s.to_ascii_lowercase()));
+            let p = RequestParams::from_pairs(set.request(m, &s.to_ascii_lowercase()));
             assert!(verify_request(&p, &cfg(), vector_now()).is_ok());
         }
     }
@@ -543,35 +570,57 @@ mod tests {
     /// The documented confirm vectors verify with all three methods.
     #[test]
     fn confirm_vectors_verify() {
-        for (m, s) in vectors::CONFIRM {
-            let p = RequestParams::from_pairs(with_sign(vectors::confirm(m), s));
+        let set = vector_set("taobao.tmc.messages.confirm");
+        assert_eq!(set.signatures.len(), 3);
+        for (m, s) in &set.signatures {
+            let p = RequestParams::from_pairs(set.request(m, s));
             assert!(verify_request(&p, &cfg(), vector_now()).is_ok(), "{m}");
         }
     }
 
-    /// The notes' other vectors (item.seller.get; user.get with Chinese text) pass the
-    /// signature check: the request gets as far as the method (22) or, for the vector's odd
-    /// timestamp, the clock (31), never 25. An md5 signature sent as `hmac` is refused.
+    /// The notes' other vectors (item.seller.get; user.get with Chinese text) give exactly the
+    /// documented signatures and pass the signature check: the request gets as far as the
+    /// method (22) or, for the vector's odd timestamp, the clock (31), never 25. An md5
+    /// signature sent as `hmac` is refused.
     #[test]
     fn remaining_vectors_pass_the_signature_check() {
-        let item = |m, s| RequestParams::from_pairs(with_sign(vectors::item_get(m), s));
-        for (m, s) in vectors::ITEM_GET {
-            assert_eq!(code(&item(m, s)), 22, "{m}");
+        let item = vector_set("taobao.item.seller.get");
+        assert_eq!(item.signatures.len(), 3);
+        for (m, s) in &item.signatures {
+            let p = RequestParams::from_pairs(item.request(m, s));
+            let alg = Algorithm::from_wire(m).unwrap();
+            assert_eq!(&signature::expected(p.pairs(), &item.secret, alg), s);
+            assert_eq!(code(&p), 22, "{m}");
         }
-        // The md5 signature under sign_method=hmac does not match.
-        assert_eq!(code(&item("hmac", vectors::ITEM_GET[0].1)), 25);
+        let md5 = &item.signatures.iter().find(|(m, _)| m == "md5").unwrap().1;
+        assert_eq!(
+            code(&RequestParams::from_pairs(item.request("hmac", md5))),
+            25
+        );
 
-        let utf8 = RequestParams::from_pairs(with_sign(
-            vectors::user_get_utf8(),
-            vectors::USER_GET_UTF8_MD5,
-        ));
+        let utf8 = vector_set("taobao.user.get (UTF-8 values)");
+        let (m, s) = &utf8.signatures[0];
+        let p = RequestParams::from_pairs(utf8.request(m, s));
+        assert_eq!(
+            &signature::expected(p.pairs(), &utf8.secret, Algorithm::Md5),
+            s
+        );
         let test_app = SimConfig {
             app_key: "test".into(),
-            app_secret: "test".into(),
+            app_secret: utf8.secret.clone(),
             ..SimConfig::default()
         };
-        let e = verify_request(&utf8, &test_app, vector_now()).unwrap_err();
+        let e = verify_request(&p, &test_app, vector_now()).unwrap_err();
         assert_eq!(e.code, 31, "{e:?}");
+    }
+
+    /// Signature comparison ignores hex case and refuses other lengths and any other digit.
+    #[test]
+    fn signature_comparison() {
+        assert!(signature::matches("abcdef", "ABCDEF"));
+        assert!(!signature::matches("ABCDE0", "ABCDEF"));
+        assert!(!signature::matches("ABCDEF00", "ABCDEF"));
+        assert!(!signature::matches("", "ABCDEF"));
     }
 
     /// Each system check answers its code, in the documented order.
@@ -619,7 +668,7 @@ mod tests {
             verify_request(&p, &cfg(), vector_now())
                 .unwrap()
                 .sign_method,
-            SignMethod::Md5
+            Algorithm::Md5
         );
     }
 
@@ -654,7 +703,7 @@ mod tests {
         assert_eq!(code(&permit(None)), 26);
         assert_eq!(code(&permit(Some(INVALID_SESSION))), 27);
         let v = verify_request(&permit(Some("sess-买家")), &cfg(), vector_now()).unwrap();
-        assert_eq!(v.session.unwrap().expose(), "sess-买家");
+        assert_eq!(v.session.as_deref(), Some("sess-买家"));
     }
 
     /// Query and form body merge; `+`, escapes and UTF-8 decode; bad UTF-8 is 47.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser};
-use tmc_relay::fakeaws::{Backend, FakeAws, FakeAwsConfig, Rules};
+use fake_aws::{Backend, FakeAws, FakeAwsConfig, Rules};
 
 /// A fake SQS + DynamoDB endpoint (AWS JSON protocol) that injects faults per operation.
 #[derive(Parser, Debug)]
@@ -28,7 +28,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// A JSON file of rules by operation: {"SendMessageBatch": {"partial_failure_rate": 0.05}},
-    /// with "storms" and "stalls" beside them (see the fakeaws module's documentation).
+    /// with "storms" and "stalls" beside them (see the crate documentation).
     #[arg(long)]
     rules: Option<PathBuf>,
 }
@@ -107,7 +107,7 @@ async fn run(listen: SocketAddr, cfg: FakeAwsConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if let Err(e) = tmc_relay::signals::stop_signal().await {
+    if let Err(e) = stop_signal().await {
         eprintln!("fake-aws: cannot wait for signals: {e}");
         fake.shutdown().await;
         return ExitCode::FAILURE;
@@ -121,4 +121,16 @@ async fn run(listen: SocketAddr, cfg: FakeAwsConfig) -> ExitCode {
     );
     fake.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tmc_relay::sim::{SimConfig, SimServer};
+use tmc_sim::{SimConfig, SimServer};
 
 /// A strict local Taobao TMC gateway (taobao.tmc.messages.consume / confirm and friends).
 #[derive(Parser, Debug)]
@@ -112,7 +112,7 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if let Err(e) = tmc_relay::signals::stop_signal().await {
+    if let Err(e) = stop_signal().await {
         eprintln!("tmc-sim: cannot wait for signals: {e}");
         server.shutdown().await;
         return ExitCode::FAILURE;
@@ -120,4 +120,16 @@ async fn run(args: Args) -> ExitCode {
     tracing::info!("stopping");
     server.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
 }

@@ -39,14 +39,14 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use tmc_relay::fakeaws::rules::{EpisodeKind, SplitMix64};
-use tmc_relay::fakeaws::{
+use fake_aws::rules::{EpisodeKind, SplitMix64};
+use fake_aws::{
     Accepted, EpisodeStats, FakeAws, FakeAwsConfig, OpRules, OpStats, Rules, Schedule, Stall,
     StallEffect, Storm, StormEffect, Window,
 };
 use tmc_relay::relay::RelaySettings;
-use tmc_relay::sim::{Faults, MethodFaults, SimConfig, SimServer, SimState};
 use tmc_relay::top::{Secret, TopClient, TopConfig};
+use tmc_sim::{Faults, MethodFaults, SimConfig, SimServer, SimState};
 
 /// The app key the simulator knows and the children use.
 const APP_KEY: &str = "12345678";
@@ -2283,7 +2283,7 @@ async fn storm_phase(p: &Phase<'_>) -> Result<(StormFigures, Vec<Check>), String
 /// The storm phase proves something only if its storms and stalls met the relay's requests:
 /// write storms threw throttles, the renewal storm met renewals and slowed sends, both stalls
 /// held requests, and every stall ended before the checks.
-fn storm_exercised(stats: &tmc_relay::fakeaws::FaultStats, pending: u64) -> Check {
+fn storm_exercised(stats: &fake_aws::FaultStats, pending: u64) -> Check {
     let get = |k: &str| stats.episodes.get(k).cloned().unwrap_or_default();
     let (writes, renewals) = (get("storm/ddb-writes"), get("storm/renewals"));
     let (ddb_stall, sqs_stall) = (get("stall/ddb-writes"), get("stall/sqs-sends"));
@@ -2551,7 +2551,7 @@ async fn long_pass_phase(p: &Phase<'_>) -> Result<(LongPass, Vec<Check>), String
             return Err("the long pass ended before it could be killed".into());
         }
         if sim.counters().deliveries >= total / 3
-            && tmc_relay::fakeaws::inspect::live_claims(&via_fake.ddb, &res.table).await? > 0
+            && fake_aws::inspect::live_claims(&via_fake.ddb, &res.table).await? > 0
         {
             break;
         }

@@ -26,13 +26,13 @@ use clap::Parser;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use fake_aws::{OpRules, Rules};
 use tmc_relay::config::Config;
-use tmc_relay::fakeaws::{OpRules, Rules};
 use tmc_relay::invocation::Overrides;
 use tmc_relay::relay::{Progress, RelaySettings, Report};
-use tmc_relay::sim::{Faults, MethodFaults};
 use tmc_relay::top::{Secret, TopClient, TopConfig};
 use tmc_relay::wiring::App;
+use tmc_sim::{Faults, MethodFaults};
 
 const APP_KEY: &str = "12345678";
 /// Not a real secret: the simulator and the relay share it.

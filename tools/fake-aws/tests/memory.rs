@@ -13,11 +13,11 @@ use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchError;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use aws_smithy_runtime_api::client::result::SdkError;
-use serde_json::json;
-use tmc_relay::fakeaws::{
+use fake_aws::{
     DynamoThrottle, FakeAws, FakeAwsConfig, OpRules, Rules, Schedule, Stall, StallEffect, Storm,
     StormEffect,
 };
+use serde_json::json;
 
 const ANY_PORT: &str = "127.0.0.1:0";
 

@@ -59,11 +59,11 @@ impl NewMessage {
 }
 
 fn default_user_id() -> u64 {
-    crate::sim::generate::SELLERS[0].0
+    crate::generate::SELLERS[0].0
 }
 
 fn default_user_nick() -> String {
-    crate::sim::generate::SELLERS[0].1.to_owned()
+    crate::generate::SELLERS[0].1.to_owned()
 }
 
 /// The platform's own app key, which publishes the `taobao_*` topics.

@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_smithy_runtime_api::client::result::SdkError;
-use tmc_relay::fakeaws::{FakeAws, FakeAwsConfig, OpRules, Rules};
+use fake_aws::{FakeAws, FakeAwsConfig, OpRules, Rules};
 
 fn moto_endpoint() -> String {
     match std::env::var("MOTO_ENDPOINT") {

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Map, Value};
 
-use crate::top::api;
+use crate::wire::method as api;
 
 use super::faults::{draw, truncate_half, Fault, Scripted, BAD_GATEWAY_HTML};
 use super::gateway::{
@@ -183,7 +183,7 @@ impl Inner {
         now_ms: u64,
         apply: bool,
     ) -> Result<Map<String, Value>, ApiError> {
-        let session = v.session.as_ref().map(|s| s.expose()).unwrap_or_default();
+        let session = v.session.as_deref().unwrap_or_default();
         match method {
             api::CONSUME => self.consume(p, shape, now_ms),
             api::CONFIRM => self.confirm(p, now_ms, apply),
@@ -330,10 +330,9 @@ fn message_json(m: &Delivered) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{Faults, MethodFaults, NewMessage, SimConfig};
-    use crate::top::clock::wire_timestamp;
-    use crate::top::sign::{sign, SignMethod};
-    use crate::top::Secret;
+    use crate::signature::{self, Algorithm};
+    use crate::wire::wire_timestamp;
+    use crate::{Faults, MethodFaults, NewMessage, SimConfig};
 
     fn sim() -> Sim {
         Sim::new(SimConfig::default())
@@ -351,11 +350,11 @@ mod tests {
             ("sign_method", "md5"),
         ];
         pairs.extend_from_slice(business);
-        let s = sign(
-            pairs.iter().copied(),
-            &Secret::new("sim-secret"),
-            SignMethod::Md5,
-        );
+        let owned: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let s = signature::expected(&owned, "sim-secret", Algorithm::Md5);
         pairs.push(("sign", &s));
         let q = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(pairs)

@@ -3,14 +3,40 @@
 //! apart, through throttle storms and stalls longer than a lease. The full size runs with
 //! `make chaos`.
 
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use serde_json::Value;
+
+/// The `tmc-relay` binary the harness runs: beside `tmc-chaos` in the same target directory.
+/// It belongs to another package, so Cargo does not build it for this test by itself (it does
+/// under `cargo test --workspace`, which `make test` runs); when it is absent, this builds it
+/// with the same Cargo and profile.
+fn relay_bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let chaos = PathBuf::from(env!("CARGO_BIN_EXE_tmc-chaos"));
+        let dir = chaos.parent().expect("tmc-chaos has a directory");
+        let relay = dir.join("tmc-relay");
+        if !relay.exists() {
+            let mut build = Command::new(env!("CARGO"));
+            build.args(["build", "--package", "tmc-relay", "--bin", "tmc-relay"]);
+            if dir.file_name().is_some_and(|p| p == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cargo runs");
+            assert!(status.success(), "cargo build --bin tmc-relay failed");
+        }
+        assert!(relay.exists(), "no tmc-relay at {}", relay.display());
+        relay.to_string_lossy().into_owned()
+    })
+}
 
 /// Runs `tmc-chaos --json` with `args`; returns its exit code and parsed figures.
 fn chaos(args: &[&str]) -> (i32, Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_tmc-chaos"))
-        .args(["--relay-bin", env!("CARGO_BIN_EXE_tmc-relay"), "--json"])
+        .args(["--relay-bin", relay_bin(), "--json"])
         // A bound on a hung run, not on speed: a loaded machine takes longer.
         .args(["--timeout-secs", "1200"])
         .args(args)

@@ -26,7 +26,9 @@ mod handlers;
 mod http;
 mod manage;
 mod rng;
+pub mod signature;
 mod state;
+pub mod wire;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -37,7 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::top::clock::{epoch_millis, wire_timestamp};
+use crate::wire::{epoch_millis, wire_timestamp};
 
 pub use faults::{Faults, InjectedError, MethodFaults, Scripted};
 pub use gateway::{
