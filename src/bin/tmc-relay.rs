@@ -152,8 +152,11 @@ struct RunArgs {
     /// drain: stop at the first empty poll; follow: poll until the time budget ends.
     #[arg(long)]
     mode: Option<Mode>,
+    /// Stop each group after this many consumes (batches); no limit by default.
     #[arg(long)]
     max_batches: Option<u64>,
+    /// Stop each group after this many messages: the last consume asks for only what is left
+    /// (at least 10, TMC's minimum); no limit by default.
     #[arg(long)]
     max_messages: Option<u64>,
     /// Time budget in seconds (default 300).
@@ -172,6 +175,7 @@ struct RunArgs {
 enum UserCmd {
     /// Show a seller's subscription.
     Get {
+        /// The seller's nick (shop owner account name).
         #[arg(long)]
         nick: String,
         /// tbUIC (Taobao, default), icbu or ae.
@@ -180,8 +184,10 @@ enum UserCmd {
     },
     /// Cancel a seller's subscription.
     Cancel {
+        /// The seller's nick (shop owner account name).
         #[arg(long)]
         nick: String,
+        /// tbUIC (Taobao, default), icbu or ae.
         #[arg(long)]
         platform: Option<String>,
     },
@@ -191,22 +197,29 @@ enum UserCmd {
 enum GroupsCmd {
     /// List groups.
     List {
+        /// The page to show, from 1.
         #[arg(long)]
         page: Option<u32>,
+        /// Groups per page (TMC's own default when omitted).
         #[arg(long)]
         page_size: Option<u32>,
     },
     /// Create a group and move sellers into it.
     Add {
+        /// The new group's name.
         #[arg(long)]
         name: String,
+        /// Comma-separated nicks of the sellers whose messages go to the group from now on.
         #[arg(long, value_delimiter = ',', required = true)]
         nicks: Vec<String>,
     },
     /// Delete a group (its unconsumed messages are lost), or remove sellers from it.
     Delete {
+        /// The group's name.
         #[arg(long)]
         name: String,
+        /// Comma-separated nicks to remove from the group (back to the default group); without
+        /// it the whole group is deleted.
         #[arg(long, value_delimiter = ',')]
         nicks: Vec<String>,
     },
@@ -216,18 +229,22 @@ enum GroupsCmd {
 enum JmsCmd {
     /// Add the session's seller to Jushita MQ sync.
     Add {
+        /// The seller's session key (or env TOP_SESSION, which keeps it out of `ps`).
         #[arg(long, env = "TOP_SESSION", hide_env_values = true)]
         session: String,
+        /// Comma-separated topics to sync (at most 20).
         #[arg(long, value_delimiter = ',')]
         topics: Vec<String>,
     },
     /// Show a Jushita MQ sync user.
     Get {
+        /// The seller's nick.
         #[arg(long)]
         nick: String,
     },
     /// Remove a Jushita MQ sync user.
     Delete {
+        /// The seller's nick.
         #[arg(long)]
         nick: String,
     },
@@ -753,4 +770,45 @@ fn run_text(r: &parked::RunReport) -> String {
         counts
     ));
     out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every flag and positional of every command has a help line, so `--help` documents the
+    /// whole command line.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>, seen: &mut usize) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                *seen += 1;
+                let has_help = arg
+                    .get_help()
+                    .is_some_and(|h| !h.to_string().trim().is_empty());
+                if !has_help {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing, seen);
+            }
+        }
+        let (mut missing, mut seen) = (Vec::new(), 0);
+        walk(&Cli::command(), "tmc-relay", &mut missing, &mut seen);
+        assert!(seen > 40, "only {seen} arguments found: the walk is broken");
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    /// The command line as clap checks it (conflicts, defaults, value parsers).
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }
