@@ -458,6 +458,3 @@ impl DedupStore for MemoryStore {
 pub fn throttled(op: &'static str) -> PortError {
     PortError::throttled(op, "ThrottlingException: Rate exceeded")
 }
-
-/// A pause small enough for unit tests.
-pub const TICK: Duration = Duration::from_millis(1);

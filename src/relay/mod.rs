@@ -18,7 +18,8 @@ pub mod biz_key;
 pub mod body;
 pub mod flow;
 pub mod lease;
-pub mod memory;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod offset;
 pub mod pass;
 pub mod ports;
