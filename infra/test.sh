@@ -29,6 +29,9 @@ main() {
     step "cfn-lint template.yaml" .venv/bin/cfn-lint template.yaml
     step "pytest infra/tests/test_template.py" \
         .venv/bin/python -m pytest -q -p no:cacheprovider infra/tests/test_template.py
+    step "docs: links and make targets" .venv/bin/python infra/check_docs.py
+    step "pytest infra/tests/test_check_docs.py" \
+        .venv/bin/python -m pytest -q -p no:cacheprovider infra/tests/test_check_docs.py
 
     use_dummy_aws
     local services=1
