@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""moto against ministack on what decides which local AWS serves which use (README "Which
-local AWS, and why"). Starts each on 127.0.0.1 and a free port, measures, stops it.
+"""moto against ministack on what decides which local AWS serves which use (docs/local-development.md,
+"Which local AWS serves what, and why"). Starts each on 127.0.0.1 and a free port, measures, stops it.
 
     .venv/bin/python infra/measure_local_aws.py            # make tools installs both
     .venv/bin/python infra/measure_local_aws.py --depths 0,1000,2000,5000 --puts 500

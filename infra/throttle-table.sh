@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make throttle-table`: issue 19's figures (README: "Throttled and slow AWS"). Runs the cases
+# `make throttle-table`: issue 19's figures (docs/performance.md, "Throttled DynamoDB writes"). Runs the cases
 # of tests/throttle.rs one after another against a ministack started here: DynamoDB writes
 # throttled for a whole pass at each rate of THROTTLE_RATES (0.5 0.7 0.9), then the outage.
 # Prints a Markdown table; exits non-zero when a case failed its checks (its figures are

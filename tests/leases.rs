@@ -1,5 +1,5 @@
-//! A pass killed in the middle of a drain strands nothing for its budget: the README's
-//! backfill (`tmc-relay run --max-seconds 3600`) SIGKILLed a few seconds in, then scheduled
+//! A pass killed in the middle of a drain strands nothing for its budget: the operating
+//! guide's backfill (`tmc-relay run --max-seconds 3600`) SIGKILLed a few seconds in, then scheduled
 //! passes. Once the dead batches' leases end (a minute or so, not the hour), the next
 //! redelivery takes their claims over. On ministack, which models the PartiQL claims.
 

@@ -6,7 +6,7 @@
 //! unconfirmed, until TMC has nothing left.
 //!
 //! `make test` runs p = 0.7 (`THROTTLE_P=0.5` picks another rate) and the outage;
-//! `make throttle-table` runs p = 0.5, 0.7 and 0.9 and the outage and prints the README's
+//! `make throttle-table` runs p = 0.5, 0.7 and 0.9 and the outage and prints the performance guide's
 //! table. `THROTTLE_MESSAGES` changes the size (2,000); `THROTTLE_FIGURES=<file>` appends
 //! each case's figures to a file as a JSON line.
 
@@ -161,7 +161,7 @@ impl Outcome {
         self.first.get(name).and_then(Value::as_u64)
     }
 
-    /// The figures line for the README's table.
+    /// The figures line for the performance guide's table.
     fn figures(&self) -> Value {
         json!({
             "case": self.case,

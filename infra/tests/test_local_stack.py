@@ -8,7 +8,7 @@ function run, that the schedule invokes it, and how failures reach the invoker.
 Needs MINISTACK_ENDPOINT (started by `make test`, which also builds target/debug/bootstrap and
 tmc-sim). Without it the tests fail: they are never skipped.
 
-ministack's known gaps, tolerated here and nowhere else (README "Which local AWS, and why"):
+ministack's known gaps, tolerated here and nowhere else (docs/local-development.md, "Which local AWS serves what, and why"):
 - its CloudFormation ignores the table's TimeToLiveSpecification, PointInTimeRecoverySpecification
   and SSESpecification: TTL and PITR report DISABLED (MINISTACK_REPORTS_DISABLED) and
   DescribeTable has no SSEDescription;

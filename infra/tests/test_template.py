@@ -490,7 +490,7 @@ REDRIVE_SEND = ("sqs:SendMessage", "RELAY_QUEUE_ARN")
 
 
 def test_operator_policy_grants_exactly_what_the_parked_commands_call():
-    """infra/operator-policy.json (the README's operator IAM) allows exactly the calls the parked
+    """infra/operator-policy.json (docs/deploying.md, "The operator") allows exactly the calls the parked
     commands make, on the parking and relay queues only: a new call without a grant, or a grant
     for a call no longer made, fails here."""
     calls = set()

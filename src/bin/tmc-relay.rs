@@ -22,7 +22,7 @@ use tmc_relay::wiring::{self, App};
 #[command(
     name = "tmc-relay",
     version,
-    about = "Relay Taobao TMC messages into Amazon SQS; configured by environment variables (see README)"
+    about = "Relay Taobao TMC messages into Amazon SQS; configured by environment variables (see docs/deploying.md)"
 )]
 struct Cli {
     /// Print machine-readable JSON instead of text (admin and parked commands).
@@ -618,7 +618,7 @@ async fn parked_cmd(cmd: ParkedCmd, json: bool) -> Result<ExitCode, String> {
         }
     };
     let failed = |e: tmc_relay::relay::ports::PortError| {
-        eprintln!("error: {e}. Check PARKING_QUEUE_URL and the operator's SQS permissions (README: Operating)");
+        eprintln!("error: {e}. Check PARKING_QUEUE_URL and the operator's SQS permissions (docs/operating.md)");
         Ok(ExitCode::from(1))
     };
     match (sel, what.as_deref()) {

@@ -136,7 +136,7 @@ pub fn relay_entry(
     Ok(out)
 }
 
-/// The relay message body's fields (documented in the README), in their order on the wire.
+/// The relay message body's fields (documented in docs/consuming.md), in their order on the wire.
 /// Ids are strings: JSON consumers in JavaScript or via `f64` would corrupt 64-bit integers.
 #[cfg_attr(test, derive(Serialize))]
 struct RelayBody<'a> {

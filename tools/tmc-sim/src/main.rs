@@ -133,3 +133,22 @@ async fn stop_signal() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag has a help line, and clap finds the command line consistent.
+    #[test]
+    fn every_flag_has_help() {
+        let cmd = super::Args::command();
+        cmd.clone().debug_assert();
+        let missing: Vec<&str> = cmd
+            .get_arguments()
+            .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+            .filter(|a| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()))
+            .map(|a| a.get_id().as_str())
+            .collect();
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
+}
