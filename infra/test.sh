@@ -32,6 +32,7 @@ main() {
     step "docs: links and make targets" .venv/bin/python infra/check_docs.py
     step "pytest infra/tests/test_check_docs.py" \
         .venv/bin/python -m pytest -q -p no:cacheprovider infra/tests/test_check_docs.py
+    step "layout: file sizes, the product's dependencies" infra/check-layout.sh
 
     use_dummy_aws
     local services=1
