@@ -1,6 +1,7 @@
 //! Configuration from the environment, read and validated once at start into one typed struct.
 //! A missing or bad value is an error naming the variable (and never echoing a secret).
 
+use crate::relay::archive::ArchiveLocation;
 use std::time::Duration;
 
 use url::{Host, Url};
@@ -30,6 +31,7 @@ pub const ENV_VARS: &[&str] = &[
     "FIFO_GROUP_BY",
     "RELAY_PARALLELISM",
     "MAX_CLOCK_OFFSET_MS",
+    "ARCHIVE_URL",
 ];
 
 pub const DEFAULT_ENDPOINT: &str = "https://eco.taobao.com/router/rest";
@@ -78,6 +80,9 @@ pub struct Config {
     /// How far the host clock may be from DynamoDB's: leases are compared across hosts, so a
     /// pass does not start on a host certainly further off.
     pub max_clock_offset: Duration,
+    /// Where every consumed batch is archived (`ARCHIVE_URL`, `s3://bucket/prefix/`); `None`
+    /// when it is empty or unset: no archive.
+    pub archive: Option<ArchiveLocation>,
 }
 
 /// A configuration problem, naming the variable.
@@ -156,6 +161,9 @@ impl Config {
             500,
             10_000,
         )?;
+        let archive = opt("ARCHIVE_URL")
+            .map(|url| ArchiveLocation::parse(&url).map_err(|e| bad("ARCHIVE_URL", e)))
+            .transpose()?;
         Ok(Config {
             top,
             parallelism,
@@ -170,6 +178,7 @@ impl Config {
             retention: Duration::from_secs(days * 86_400),
             fifo_group_by,
             max_clock_offset: Duration::from_millis(max_clock_offset_ms),
+            archive,
         })
     }
 }
@@ -291,6 +300,66 @@ impl ParkedEnv {
                 "RELAY_QUEUE_URL",
                 &req("RELAY_QUEUE_URL")?,
             )?),
+            fifo_group_by: parse_fifo_group_by(opt("FIFO_GROUP_BY"))?,
+        })
+    }
+}
+
+/// What `tmc-relay replay` needs: the archive to read and the queue to send to, with the
+/// relay's FIFO grouping. No TOP credentials and no dedup table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplayEnv {
+    /// `--archive-url`, else `ARCHIVE_URL`.
+    pub archive: ArchiveLocation,
+    /// `--queue-url`, else `RELAY_QUEUE_URL`.
+    pub queue_url: String,
+    pub fifo_group_by: FifoGroupBy,
+}
+
+impl ReplayEnv {
+    /// Reads the flags' values, then the process environment for what they leave out.
+    pub fn from_env(archive: Option<&str>, queue: Option<&str>) -> Result<ReplayEnv, ConfigError> {
+        Self::from_lookup(&|k: &str| std::env::var(k).ok(), archive, queue)
+    }
+
+    pub fn from_lookup(
+        get: &impl Fn(&str) -> Option<String>,
+        archive: Option<&str>,
+        queue: Option<&str>,
+    ) -> Result<ReplayEnv, ConfigError> {
+        let opt = |k: &'static str| {
+            get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        check_aws_endpoints(get)?;
+        let archive = match archive {
+            Some(url) => ArchiveLocation::parse(url).map_err(|e| bad("--archive-url", e))?,
+            None => {
+                let url = opt("ARCHIVE_URL").ok_or_else(|| {
+                    bad(
+                        "ARCHIVE_URL",
+                        "is required (or --archive-url): the archive to replay from",
+                    )
+                })?;
+                ArchiveLocation::parse(&url).map_err(|e| bad("ARCHIVE_URL", e))?
+            }
+        };
+        let queue_url = match queue {
+            Some(url) => parse_queue_url("--queue-url", url)?,
+            None => parse_queue_url(
+                "RELAY_QUEUE_URL",
+                &opt("RELAY_QUEUE_URL").ok_or_else(|| {
+                    bad(
+                        "RELAY_QUEUE_URL",
+                        "is required (or --queue-url): where to replay to",
+                    )
+                })?,
+            )?,
+        };
+        Ok(ReplayEnv {
+            archive,
+            queue_url,
             fifo_group_by: parse_fifo_group_by(opt("FIFO_GROUP_BY"))?,
         })
     }

@@ -16,6 +16,7 @@
 //!   (`relay::flow`) and in-memory ports for its unit tests.
 //! - [`aws`]: the SQS and DynamoDB adapters behind the relay's ports.
 //! - [`parked`]: the operator's `parked` commands: list, show, redrive and purge parked messages.
+//! - [`replay`]: the operator's `replay` command: archived messages sent again.
 //! - [`config`]: environment configuration, read and validated once at start.
 //! - [`invocation`]: the Lambda event / backfill payload and how it overrides the configuration.
 //! - [`wiring`]: the one place where configuration becomes real clients and a relay.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod invocation;
 pub mod parked;
 pub mod relay;
+pub mod replay;
 pub mod signals;
 pub mod telemetry;
 pub mod top;

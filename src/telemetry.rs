@@ -40,7 +40,7 @@ pub fn init() {
 /// `FunctionName` dimension.
 pub fn emf(report: &Report, function_name: &str, timestamp_ms: u64) -> Value {
     let c = &report.counts;
-    let counts: [(&str, u64); 19] = [
+    let counts: [(&str, u64); 20] = [
         ("Consumed", c.consumed),
         ("Enqueued", c.enqueued),
         ("Duplicates", c.duplicates),
@@ -56,6 +56,7 @@ pub fn emf(report: &Report, function_name: &str, timestamp_ms: u64) -> Value {
         ("Unsettled", c.unsettled),
         ("LeaseLost", c.lease_lost),
         ("TakenOver", c.taken_over),
+        ("ArchiveFailed", c.archive_failed),
         ("Timeouts", report.timeouts),
         ("Throttles", report.throttles),
         (

@@ -9,8 +9,9 @@ use aws_config::BehaviorVersion;
 use tokio::time::Instant;
 
 use crate::aws::dynamo::DynamoStore;
+use crate::aws::s3::{S3Archive, S3Reader};
 use crate::aws::sqs::SqsQueue;
-use crate::config::{Config, ParkedEnv, SecretSource, TopEnv};
+use crate::config::{Config, ParkedEnv, ReplayEnv, SecretSource, TopEnv};
 use crate::invocation::Overrides;
 use crate::parked::sqs::SqsParking;
 use crate::parked::{Parked, HOLD_FOR};
@@ -61,6 +62,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// deadline from the latency it observes, and retries with its own budget-aware backoff.
 /// SDK retries or a fixed timeout here would resend what a slow endpoint already stored (one
 /// more copy on a standard queue) and add requests exactly when the endpoint is slowest.
+/// The archive's S3 client: one attempt per call, like the others (the relay retries), and
+/// path-style addresses on an endpoint of its own (a local S3 has no bucket subdomains).
+pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .disable_operation_attempt_timeout()
+        .disable_operation_timeout()
+        .build();
+    let conf = aws_sdk_s3::config::Builder::from(sdk)
+        .retry_config(RetryConfig::standard().with_max_attempts(1))
+        .timeout_config(timeouts)
+        .force_path_style(sdk.endpoint_url().is_some())
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
 pub fn relay_clients(
     sdk: &aws_config::SdkConfig,
 ) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
@@ -109,13 +126,17 @@ impl App {
         if custom_dynamodb_endpoint(sdk) {
             store = store.probe_before_first_claim();
         }
-        let relay = Relay::new(
+        let mut relay = Relay::new(
             tmc,
             SqsQueue::new(sqs.clone(), &config.relay_queue_url),
             SqsQueue::new(sqs, &config.parking_queue_url),
             store,
             settings,
         );
+        if let Some(location) = &config.archive {
+            let archive = S3Archive::new(s3_client(sdk), location);
+            relay = relay.with_archive(Arc::new(archive), location.clone());
+        }
         Ok(App {
             config,
             relay: Arc::new(relay),
@@ -182,6 +203,17 @@ pub fn parked(env: &ParkedEnv, sdk: &aws_config::SdkConfig) -> AwsParked {
         fifo_group_by: env.fifo_group_by,
         hold_for: HOLD_FOR,
     }
+}
+
+/// What `tmc-relay replay` reads and sends with: one attempt per SQS call (replay retries).
+pub fn replay(env: &ReplayEnv, sdk: &aws_config::SdkConfig) -> (S3Reader, SqsQueue) {
+    let once = aws_sdk_sqs::config::Builder::from(sdk)
+        .retry_config(RetryConfig::standard().with_max_attempts(1))
+        .build();
+    (
+        S3Reader::new(s3_client(sdk), &env.archive),
+        SqsQueue::new(aws_sdk_sqs::Client::from_conf(once), &env.queue_url),
+    )
 }
 
 /// Builds the TOP client, reading the secret from Secrets Manager when configured so.

@@ -11,6 +11,7 @@ const FATAL: &[&str] = &[
     "AWS.SimpleQueueService.NonExistentQueue",
     "QueueDoesNotExist",
     "ResourceNotFoundException",
+    "NoSuchBucket",
     "AccessDenied",
     "AccessDeniedException",
     "UnrecognizedClientException",

@@ -3,12 +3,14 @@
 //!
 //! - `sqs`: the relay and parking queues (`SendMessageBatch`).
 //! - `dynamo`: the dedup table (conditional `PutItem`, `BatchWriteItem`, `DeleteItem`).
+//! - `s3`: the archive bucket (`PutObject`, one object per batch).
 //! - `errors`: SDK errors → `Severity`.
 //! - `clock`: the host clock's offset from DynamoDB's, from the `Date` of its answers.
 
 pub mod clock;
 pub mod dynamo;
 pub mod errors;
+pub mod s3;
 pub mod sqs;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,10 +10,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::time::Instant;
 
-use tmc_relay::config::{Config, ParkedEnv, TopEnv};
+use tmc_relay::config::{Config, ParkedEnv, ReplayEnv, TopEnv};
 use tmc_relay::invocation::Overrides;
 use tmc_relay::parked::{self, fmt_age, Filter, Selection, REASON_CODES};
 use tmc_relay::relay::{Mode, Progress, RelaySettings, Stop, StopReason};
+use tmc_relay::replay;
 use tmc_relay::signals::Signals;
 use tmc_relay::top::{ErrorClass, Secret, TopClient, TopError};
 use tmc_relay::wiring::{self, App};
@@ -66,6 +67,50 @@ enum Command {
     /// PARKING_QUEUE_URL (redrive also RELAY_QUEUE_URL and FIFO_GROUP_BY); no TOP credentials.
     #[command(subcommand)]
     Parked(ParkedCmd),
+    /// Send archived messages again, rebuilt exactly as the relay builds them and marked with
+    /// the tmc_replayed_at attribute, each id once. Reads ARCHIVE_URL and RELAY_QUEUE_URL
+    /// (or the flags) and FIFO_GROUP_BY; no TOP credentials. Exit 0 when every selected
+    /// message was sent, 1 when something failed or nothing matched, 2 on a bad flag.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Messages consumed at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00+08:00).
+    #[arg(long)]
+    since: String,
+    /// Messages consumed before this time (RFC 3339).
+    #[arg(long)]
+    until: String,
+    /// Only these topics, comma-separated.
+    #[arg(long = "topic", value_delimiter = ',')]
+    topics: Vec<String>,
+    /// Only these business keys, comma-separated, as the relay's biz_key attribute writes
+    /// them (trade_<tid>, refund_<refund_id>, item_<num_iid>).
+    #[arg(long = "biz-key", value_delimiter = ',')]
+    biz_keys: Vec<String>,
+    /// Only these sellers' user ids, comma-separated.
+    #[arg(long = "user-id", value_delimiter = ',')]
+    user_ids: Vec<String>,
+    /// Only messages consumed from these TMC groups, comma-separated (`default` for the
+    /// default group).
+    #[arg(long = "group", value_delimiter = ',')]
+    groups: Vec<String>,
+    /// Only these TMC ids, comma-separated.
+    #[arg(long = "id", value_delimiter = ',')]
+    ids: Vec<String>,
+    /// Send to this queue instead of RELAY_QUEUE_URL (e.g. a fresh queue to inspect).
+    #[arg(long)]
+    queue_url: Option<String>,
+    /// Read this archive instead of ARCHIVE_URL (s3://bucket/prefix/).
+    #[arg(long)]
+    archive_url: Option<String>,
+    /// Messages per second at most.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=3000))]
+    rate: u32,
+    /// Send nothing; count what would be sent.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand)]
@@ -257,6 +302,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args).await,
         Command::Parked(cmd) => parked_cmd(cmd, cli.json).await,
+        Command::Replay(args) => replay_cmd(args, cli.json).await,
         other => admin(other, cli.json).await,
     };
     match result {
@@ -403,7 +449,9 @@ async fn admin(cmd: Command, json: bool) -> Result<ExitCode, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     match cmd {
-        Command::Run(_) | Command::Parked(_) => unreachable!("handled by run and parked_cmd"),
+        Command::Run(_) | Command::Parked(_) | Command::Replay(_) => {
+            unreachable!("handled by run, parked_cmd and replay_cmd")
+        }
         Command::Permit { session, topics } => {
             let ok = client
                 .user_permit(&Secret::new(session), topics.as_deref(), deadline)
@@ -770,6 +818,91 @@ fn run_text(r: &parked::RunReport) -> String {
         counts
     ));
     out.join("\n")
+}
+
+/// `tmc-relay replay`: exit 0 when every selected message was sent (or would be, in a dry
+/// run), 1 when something failed, was unsendable or nothing matched, 2 on a bad flag or
+/// setting (nothing sent).
+async fn replay_cmd(args: ReplayArgs, json: bool) -> Result<ExitCode, String> {
+    let time = |flag: &str, v: &str| {
+        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| format!("{flag} {v:?} is not an RFC 3339 time ({e})"))
+    };
+    let sel = replay::Selection {
+        since: Some(time("--since", &args.since)?),
+        until: Some(time("--until", &args.until)?),
+        topics: args.topics,
+        biz_keys: args.biz_keys,
+        user_ids: args.user_ids,
+        groups: args.groups,
+        ids: args.ids,
+    };
+    let env = ReplayEnv::from_env(args.archive_url.as_deref(), args.queue_url.as_deref())
+        .map_err(|e| e.to_string())?;
+    let (reader, queue) = wiring::replay(&env, &wiring::aws_config().await);
+    let opts = replay::Options {
+        dry_run: args.dry_run,
+        rate: args.rate,
+        fifo_group_by: env.fifo_group_by,
+    };
+    let progress = Arc::new(replay::Progress::default());
+    let ticker = std::io::stderr().is_terminal().then(|| {
+        let p = Arc::clone(&progress);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                eprint!(
+                    "\r{:>5}s  objects {}  matched {}  sent {}   ",
+                    started.elapsed().as_secs(),
+                    p.objects.load(Ordering::Relaxed),
+                    p.matched.load(Ordering::Relaxed),
+                    p.sent.load(Ordering::Relaxed)
+                );
+            }
+        })
+    });
+    let done = replay::replay(&reader, &env.archive, &queue, &sel, &opts, &progress).await;
+    if let Some(t) = ticker {
+        t.abort();
+        eprintln!();
+    }
+    let out = match done {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    print(json, &out, || {
+        let verb = if out.dry_run { "would send" } else { "sent" };
+        let count = if out.dry_run { out.unique } else { out.sent };
+        let mut text = format!(
+            "{} archive objects, {} lines, {} matched, {} distinct ids: {verb} {count} to {}",
+            out.objects, out.lines, out.matched, out.unique, env.queue_url
+        );
+        if !out.failed.is_empty() {
+            text += &format!("\nfailed ({}): {}", out.failed.len(), out.failed.join(","));
+        }
+        if !out.unsendable.is_empty() {
+            text += &format!(
+                "\nnot sendable as relay messages ({}): {}",
+                out.unsendable.len(),
+                out.unsendable.join(",")
+            );
+        }
+        text
+    })?;
+    if out.matched == 0 {
+        eprintln!("no archived message matched the selection");
+    }
+    Ok(
+        if out.matched == 0 || !out.failed.is_empty() || !out.unsendable.is_empty() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 #[cfg(test)]

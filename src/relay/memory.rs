@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::archive::{Archive, ArchiveFuture};
 use super::ports::{
     BatchRecord, ClaimItem, DedupStore, EntryOutcome, InsertOutcome, Key, NewClaim, Outgoing,
     PortError, Queue, Renewal, Settle, Stored, TakeOver, Tmc, INSERT_CHUNK,
@@ -23,6 +24,8 @@ pub enum Event {
     Accepted(&'static str, String),
     /// TMC confirmed this id.
     Confirmed(u64),
+    /// The archive stored an object holding these ids (`None` for a message without one).
+    Archived(Vec<Option<String>>),
 }
 
 /// The ordered record shared by the memory adapters.
@@ -457,4 +460,61 @@ impl DedupStore for MemoryStore {
 /// A throttling error, for rules.
 pub fn throttled(op: &'static str) -> PortError {
     PortError::throttled(op, "ThrottlingException: Rate exceeded")
+}
+
+/// An archive in memory: the objects it stored, and failures to answer first.
+#[derive(Default)]
+pub struct MemoryArchive {
+    log: EventLog,
+    pub objects: Mutex<Vec<(String, Vec<u8>)>>,
+    /// Answered, in order, before any write succeeds.
+    pub failures: Mutex<VecDeque<PortError>>,
+    pub calls: Mutex<u32>,
+}
+
+impl MemoryArchive {
+    pub fn new(log: EventLog) -> Self {
+        Self {
+            log,
+            ..Default::default()
+        }
+    }
+
+    /// The ids of every stored object's lines, in order.
+    pub fn ids(&self) -> Vec<Option<String>> {
+        lock(&self.objects)
+            .iter()
+            .flat_map(|(_, body)| archived_ids(body))
+            .collect()
+    }
+}
+
+/// The `id` of each line of a gzip JSON Lines object.
+pub fn archived_ids(body: &[u8]) -> Vec<Option<String>> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_string(&mut text)
+        .expect("an archive object is gzip text");
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            v["id"].as_str().map(str::to_owned)
+        })
+        .collect()
+}
+
+impl Archive for MemoryArchive {
+    fn put(&self, key: String, body: Vec<u8>, _deadline: Instant) -> ArchiveFuture<'_> {
+        Box::pin(async move {
+            *lock(&self.calls) += 1;
+            if let Some(e) = lock(&self.failures).pop_front() {
+                return Err(e);
+            }
+            let ids = archived_ids(&body);
+            lock(&self.objects).push((key, body));
+            lock(&self.log).push(Event::Archived(ids));
+            Ok(())
+        })
+    }
 }

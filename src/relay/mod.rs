@@ -14,6 +14,9 @@
 //! - `stop`: asking a pass to stop consuming (SIGINT/SIGTERM on the command line).
 //! - `memory`: in-memory adapters for tests.
 
+pub mod archive;
+#[cfg(test)]
+mod archive_tests;
 pub mod biz_key;
 pub mod body;
 pub mod flow;

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::archive::{Archive, ArchiveLocation};
 use super::body::FifoGroupBy;
 use super::flow::Flow;
 use super::lease::{Clock, LeasePolicy, DEFAULT_CLOCK_ALLOWANCE};
@@ -143,6 +144,8 @@ pub struct Relay<T, Q, D> {
     /// The adaptive limits of SQS and DynamoDB requests; kept across the passes of a warm
     /// Lambda, so a later pass starts from what the endpoints sustained.
     pub flow: Flow,
+    /// Where every consumed batch is archived before any of it is confirmed; `None`: off.
+    pub archive: Option<(Arc<dyn Archive>, ArchiveLocation)>,
 }
 
 /// Live counters shared by a group's loops (the CLI's progress line reads them too).
@@ -185,7 +188,7 @@ impl PassShared {
     /// Stops the pass when an AWS error says the configuration is wrong.
     fn note_port_error(&self, e: &PortError) {
         if e.severity == Severity::Fatal {
-            self.set_fatal(format!("{e}. Check RELAY_QUEUE_URL, PARKING_QUEUE_URL, DEDUP_TABLE_NAME and the function's IAM permissions."));
+            self.set_fatal(format!("{e}. Check RELAY_QUEUE_URL, PARKING_QUEUE_URL, DEDUP_TABLE_NAME, ARCHIVE_URL and the function's IAM permissions."));
         }
     }
 }
@@ -295,7 +298,14 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             parking,
             store,
             settings,
+            archive: None,
         }
+    }
+
+    /// Archives every consumed batch at `location` before any of it is confirmed.
+    pub fn with_archive(mut self, archive: Arc<dyn Archive>, location: ArchiveLocation) -> Self {
+        self.archive = Some((archive, location));
+        self
     }
 
     /// Runs one pass over every group and returns its report. Never panics on upstream input;

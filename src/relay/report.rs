@@ -69,6 +69,10 @@ pub struct Counts {
     /// in a crash and counted nowhere else. A batch confirms only what its receipt holds, so
     /// TMC redelivers whatever of them was not confirmed (a copy if SQS had accepted it).
     pub abandoned: u64,
+    /// Of the batches' confirmable ids, those left unconfirmed because the batch's archive
+    /// object could not be written: TMC redelivers them, the dedup table stops a re-enqueue,
+    /// and the redelivery's batch archives them.
+    pub archive_failed: u64,
 }
 
 impl Counts {
@@ -89,6 +93,7 @@ impl Counts {
         self.batches += o.batches;
         self.empty_polls += o.empty_polls;
         self.abandoned += o.abandoned;
+        self.archive_failed += o.archive_failed;
     }
 }
 

@@ -10,16 +10,21 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::relay::archive;
 use crate::relay::body::{parking_entry, relay_entry, Defect};
 use crate::relay::lease::{BatchLease, Leases};
+use crate::relay::ports::Severity;
 use crate::relay::ports::{DedupStore, Outgoing, PortError, Queue, Tmc};
 use crate::relay::report::Counts;
-use crate::relay::send::{send_all, Gate, SendPolicy, Sent};
+use crate::relay::send::{backoff_capped, send_all, Gate, SendPolicy, Sent};
 
 use super::{display_group, unique_token, PassShared, Relay};
 
 use crate::top::clock::{epoch_millis, parse_wire_time};
 use crate::top::{ErrorClass, TmcMessage};
+
+/// How long one archive write may take before it is tried again.
+const ARCHIVE_ATTEMPT: Duration = Duration::from_secs(10);
 
 impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
     /// One consumed batch through its verbs. Confirms only ids that are in SQS (now or from an
@@ -56,52 +61,22 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             fence: &open,
         };
 
+        let token = unique_token("b");
+        // The archive object is built before triage takes the messages; it is written beside
+        // the batch's work, and the batch confirms nothing unless it was.
+        let archive = self.archive_object(group, &msgs, &token);
         let triage = self.triage(group, msgs, &mut counts);
-        let mut confirm_ids = Vec::new();
-        let receipt_deadline = shared.opts.receipt_deadline();
-        match leases.begin(unique_token("b"), places.lease, until).await {
-            Ok(lease) => {
-                let fence = || leases.send_until(&lease);
-                let scope = Scope {
-                    fence: &fence,
-                    ..scope
-                };
-                // The heartbeat keeps the lease while the batch works and until its receipt
-                // is written; it ends early only when the lease is lost.
-                let work = async {
-                    let sent = self
-                        .claim_and_send(&scope, &leases, &lease, triage, &mut counts)
-                        .await;
-                    let mut ids = sent.already_done;
-                    let settled = self
-                        .settle(
-                            &scope,
-                            &leases,
-                            &lease,
-                            sent.accepted,
-                            sent.held,
-                            &mut counts,
-                        )
-                        .await;
-                    ids.extend(settled);
-                    ids
-                };
-                tokio::pin!(work);
-                confirm_ids = tokio::select! {
-                    ids = &mut work => ids,
-                    () = leases.heartbeat(&lease, receipt_deadline) => work.await,
-                };
+        let archived = async {
+            match archive {
+                None => true,
+                Some((key, body)) => self.write_archive(shared, group, key, body, until).await,
             }
-            Err(e) => {
-                shared.note_port_error(&e);
-                tracing::warn!(group, error = %e, "could not write the batch's lease: leaving it for redelivery");
-                counts.deferred += triage.valid.len() as u64;
-                if e.maybe_applied {
-                    counts.unknown_outcome += triage.valid.len() as u64;
-                }
-                self.park(&scope, Vec::new(), triage.invalid, &mut counts)
-                    .await;
-            }
+        };
+        let work = self.lease_and_work(&scope, &leases, token, triage, &places, &mut counts);
+        let (mut confirm_ids, archived) = tokio::join!(work, archived);
+        if !archived {
+            counts.archive_failed += confirm_ids.len() as u64;
+            confirm_ids.clear();
         }
         shared
             .progress
@@ -123,11 +98,112 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
             unknown_outcome = counts.unknown_outcome,
             unsettled = counts.unsettled,
             invalid = counts.invalid,
+            archive_failed = counts.archive_failed,
             confirmed = counts.confirmed,
             confirm_failed = counts.confirm_failed,
             "batch done"
         );
         counts
+    }
+
+    /// The batch under its lease: claim, send, park, settle. Returns the ids its receipt (or
+    /// an earlier delivery) makes safe to confirm.
+    async fn lease_and_work(
+        &self,
+        scope: &Scope<'_>,
+        leases: &Leases<'_, D>,
+        token: String,
+        triage: Triage,
+        places: &Places,
+        counts: &mut Counts,
+    ) -> Vec<u64> {
+        let (shared, group, until) = (scope.shared, scope.group, scope.until);
+        let receipt_deadline = shared.opts.receipt_deadline();
+        let mut confirm_ids = Vec::new();
+        match leases.begin(token, places.lease, until).await {
+            Ok(lease) => {
+                let fence = || leases.send_until(&lease);
+                let scope = Scope {
+                    fence: &fence,
+                    ..*scope
+                };
+                // The heartbeat keeps the lease while the batch works and until its receipt
+                // is written; it ends early only when the lease is lost.
+                let work = async {
+                    let sent = self
+                        .claim_and_send(&scope, leases, &lease, triage, counts)
+                        .await;
+                    let mut ids = sent.already_done;
+                    let settled = self
+                        .settle(&scope, leases, &lease, sent.accepted, sent.held, counts)
+                        .await;
+                    ids.extend(settled);
+                    ids
+                };
+                tokio::pin!(work);
+                confirm_ids = tokio::select! {
+                    ids = &mut work => ids,
+                    () = leases.heartbeat(&lease, receipt_deadline) => work.await,
+                };
+            }
+            Err(e) => {
+                shared.note_port_error(&e);
+                tracing::warn!(group, error = %e, "could not write the batch's lease: leaving it for redelivery");
+                counts.deferred += triage.valid.len() as u64;
+                if e.maybe_applied {
+                    counts.unknown_outcome += triage.valid.len() as u64;
+                }
+                self.park(scope, Vec::new(), triage.invalid, counts).await;
+            }
+        }
+        confirm_ids
+    }
+
+    /// The batch's archive object (key and gzip body), when the archive is on.
+    fn archive_object(
+        &self,
+        group: &str,
+        msgs: &[TmcMessage],
+        batch: &str,
+    ) -> Option<(String, Vec<u8>)> {
+        let (_, location) = self.archive.as_ref()?;
+        let now = time::OffsetDateTime::now_utc();
+        let consumed_at = now
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let lines = archive::batch_lines(msgs, group, &consumed_at, batch);
+        Some((location.object_key(now, batch), archive::gzip(&lines)))
+    }
+
+    /// Writes the batch's archive object, retrying what goes away with time until `until`.
+    /// False when it could not: the batch then confirms nothing.
+    async fn write_archive(
+        &self,
+        shared: &PassShared,
+        group: &str,
+        key: String,
+        body: Vec<u8>,
+        until: Instant,
+    ) -> bool {
+        let Some((archive, _)) = &self.archive else {
+            return true;
+        };
+        let mut round = 0;
+        loop {
+            let attempt_until = (Instant::now() + ARCHIVE_ATTEMPT).min(until);
+            let err = match archive.put(key.clone(), body.clone(), attempt_until).await {
+                Ok(()) => return true,
+                Err(e) => e,
+            };
+            shared.note_port_error(&err);
+            let pause = backoff_capped(round, Duration::from_secs(1));
+            round += 1;
+            if err.severity != Severity::Retryable || Instant::now() + pause >= until {
+                tracing::warn!(group, key, error = %err, "could not archive the batch: confirming none of it, TMC redelivers it");
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+        }
     }
 
     /// Claim, enqueue, park, all before the scope's `until`: what the batch's receipt will say.
