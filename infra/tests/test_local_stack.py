@@ -333,6 +333,7 @@ def test_role_grants_exactly_the_resources_the_function_touches(stack):
          tuple(sorted([stack.queue_attributes("RelayQueue")["QueueArn"], stack.queue_attributes("ParkingQueue")["QueueArn"]]))),
         ("ClaimAndSettleInDedupTable", ("dynamodb:BatchGetItem", "dynamodb:PartiQLInsert", "dynamodb:PutItem", "dynamodb:UpdateItem"), (table_arn,)),
         ("ReadAppSecret", ("secretsmanager:GetSecretValue",), (stack.secret_arn,)),
+        ("WriteArchive", ("s3:PutObject",), (f"arn:aws:s3:::{stack.physical('ArchiveBucket')}/tmc-archive/*",)),
         ("WriteOwnLogs", ("logs:CreateLogStream", "logs:PutLogEvents"),
          (f"arn:aws:logs:{REGION}:000000000000:log-group:{log_group}:log-stream:*",)),
     }
@@ -353,6 +354,7 @@ def test_role_grants_exactly_the_resources_the_function_touches(stack):
     assert env["PARKING_QUEUE_URL"] == stack.outputs["ParkingQueueUrl"]
     assert env["DEDUP_TABLE_NAME"] == stack.outputs["DedupTableName"]
     assert env["TOP_APP_SECRET_ARN"] == stack.secret_arn
+    assert env["ARCHIVE_URL"] == stack.outputs["ArchiveUrl"] == f"s3://{stack.physical('ArchiveBucket')}/tmc-archive/"
     assert "TOP_APP_SECRET" not in env
     assert not [k for k in env if k.startswith("AWS_")], env
     assert (env["TOP_SIGN_METHOD"], env["TMC_QUANTITY"], env["RELAY_PARALLELISM"]) == ("hmac-sha256", "200", "32")
@@ -417,6 +419,76 @@ def test_the_schedule_invokes_the_function_on_its_own(stack):
     stack.wait_confirmed(ids, timeout=SCHEDULE_TIMEOUT_S)
     relayed = [m for m in stack.drain_relay_queue() if m["body"]["group_name"] == "default"]
     assert exact_ids(relayed) == collections.Counter(ids)
+
+
+# --- the archive --------------------------------------------------------------------------------
+
+ATHENA_DDL = ROOT / "infra" / "athena" / "archive-table.sql"
+
+
+def archive_objects(stack, tmp_path: Path) -> list[Path]:
+    """Downloads every object under the archive's prefix into tmp_path, keeping the keys."""
+    bucket, prefix = stack.outputs["ArchiveUrl"].removeprefix("s3://").split("/", 1)
+    s3, paths = client("s3"), []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            assert re.fullmatch(re.escape(prefix) + r"dt=\d{4}-\d{2}-\d{2}/hour=\d{2}/b-[0-9a-f]{16}-\d+\.jsonl\.gz", key), key
+            path = tmp_path / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            paths.append(path)
+    return paths
+
+
+def ddl_columns() -> list[str]:
+    """The Athena table's columns, read from the documented DDL."""
+    text = ATHENA_DDL.read_text()
+    body = text[text.index("tmc_archive (") + len("tmc_archive ("): text.index("PARTITIONED BY")]
+    return re.findall(r"^\s*(\w+)\s+string", body, re.M)
+
+
+def test_the_archive_holds_every_confirmed_message_and_answers_sql(stack, tmp_path):
+    """Every message the deployed function confirmed is in its archive bucket, under dt=/hour=
+    partitions, as gzip JSON Lines with exact ids; DuckDB reading those objects with the
+    documented Athena table's columns returns exactly the relayed messages, and the operating
+    guide's query for one order finds that order's events."""
+    import duckdb
+
+    ids = stack.sim.generate(400, group="backfill")
+    got = stack.invoke({"group_names": ["backfill"], "quantity": 100})
+    assert got["error"] is None, got
+    assert got["answer"]["archive_failed"] == 0, got["answer"]
+    st = stack.sim.state()
+    confirmed = {i for i, m in st["messages"].items() if m.get("confirmed_at_ms")}
+    assert set(ids) <= confirmed
+
+    paths = archive_objects(stack, tmp_path)
+    assert paths, "the archive is empty"
+    columns = ddl_columns()
+    assert columns[:3] == ["id", "id_problem", "topic"] and "raw" in columns, columns
+    con = duckdb.connect()
+    spec = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in columns) + "}"
+    source = (f"read_json('{tmp_path}/**/*.jsonl.gz', format = 'newline_delimited', "
+              f"columns = {spec}, hive_partitioning = true)")
+    archived = {r[0] for r in con.execute(f"SELECT DISTINCT id FROM {source}").fetchall()}
+    # Everything the stack confirmed in its tests so far, this test's included, is archived.
+    assert confirmed <= archived, sorted(confirmed - archived)[:5]
+    rows = con.execute(
+        f"SELECT id, topic, content, group_name, dt, hour FROM {source} WHERE group_name = 'backfill' AND id IN "
+        f"(SELECT unnest(?::VARCHAR[]))", [ids]).fetchall()
+    assert {r[0] for r in rows} == set(ids)
+    assert all(isinstance(r[0], str) and r[0].isdigit() for r in rows)
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(r[4])) for r in rows), rows[:2]
+
+    # The operating guide's query: one order's events by its tid.
+    topic, content = next((r[1], r[2]) for r in rows if r[1].startswith("taobao_trade_") and '"tid"' in r[2])
+    tid = json.loads(content)["tid"]
+    found = con.execute(
+        f"SELECT DISTINCT id FROM {source} WHERE topic LIKE 'taobao_trade_%' "
+        f"AND json_extract_string(content, '$.tid') = ?", [str(tid)]).fetchall()
+    expected = {r[0] for r in rows if r[1].startswith("taobao_trade_") and json.loads(r[2]).get("tid") == tid}
+    assert expected <= {r[0] for r in found}, (tid, found)
 
 
 def test_a_bad_payload_fails_with_payload_error(stack):

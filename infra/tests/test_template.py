@@ -44,11 +44,22 @@ SDK_CALL_TO_ACTION = {
     "query": ("dynamodb:Query", "dynamodb"),
     "scan": ("dynamodb:Scan", "dynamodb"),
     "get_secret_value": ("secretsmanager:GetSecretValue", "secretsmanager"),
+    "put_object": ("s3:PutObject", "s3"),
 }
 RESOURCES_BY_SERVICE = {
     "sqs": ["GetAtt RelayQueue.Arn", "GetAtt ParkingQueue.Arn"],
     "dynamodb": ["GetAtt DedupTable.Arn"],
     "secretsmanager": ["Ref AppSecretArn"],
+    "s3": ["ARCHIVE_OBJECTS"],
+}
+
+# The archive's objects: the one other suffix wildcard, the keys under the archive's prefix in
+# the stack's bucket or the one named (Archive=existing).
+ARCHIVE_OBJECTS = {
+    "Fn::Sub": [
+        "arn:${AWS::Partition}:s3:::${Bucket}/${ArchivePrefix}*",
+        {"Bucket": {"Fn::If": ["ArchiveNew", {"Ref": "ArchiveBucket"}, {"Ref": "ArchiveBucketName"}]}},
+    ]
 }
 
 
@@ -69,7 +80,7 @@ def expected_grants() -> set[tuple[str, str]]:
     for call in calls:
         action, service = SDK_CALL_TO_ACTION[call]
         grants |= {(action, r) for r in RESOURCES_BY_SERVICE[service]}
-    return grants
+    return {(a, describe(ARCHIVE_OBJECTS) if r == "ARCHIVE_OBJECTS" else r) for a, r in grants}
 
 
 # The function's role is explicit (SAM's generated role would carry the managed
@@ -160,7 +171,7 @@ def statements(node):
 def contains_wildcard(value) -> bool:
     """True if value is, or contains, a string with `*` (e.g. "*", "sqs:*", "arn:...:table/*"),
     other than the function's own log streams."""
-    if isinstance(value, dict) and value == {"Fn::Sub": OWN_LOG_STREAMS}:
+    if isinstance(value, dict) and value in ({"Fn::Sub": OWN_LOG_STREAMS}, ARCHIVE_OBJECTS):
         return False
     if isinstance(value, str):
         return "*" in value
@@ -174,12 +185,25 @@ def contains_wildcard(value) -> bool:
 def wildcard_problems(template: dict) -> list[str]:
     problems = []
     for st in statements(template["Resources"]):
+        if st.get("Effect") == "Deny":
+            continue  # a wide Deny (the archive bucket's TLS-only rule) takes, never gives
+        st = when_on(st)
         for key in ("Action", "NotAction", "Resource", "NotResource"):
             if key in st and contains_wildcard(st[key]):
                 problems.append(f"{key} has a wildcard in {json.dumps(st)}")
         if "NotAction" in st or "NotResource" in st:
             problems.append(f"NotAction/NotResource grants everything else: {json.dumps(st)}")
     return problems
+
+
+def when_on(st: dict) -> dict:
+    """A statement granted under a condition (`Fn::If` [cond, statement, AWS::NoValue]), as
+    granted with the defaults, which turn every option on."""
+    if isinstance(st, dict) and list(st) == ["Fn::If"]:
+        _, granted_, otherwise = st["Fn::If"]
+        assert otherwise == {"Ref": "AWS::NoValue"}, st
+        return granted_
+    return st
 
 
 def function_role(template: dict) -> dict:
@@ -205,7 +229,7 @@ def granted(template: dict) -> set[tuple[str, str]]:
     assert "ManagedPolicyArns" not in role, "no managed policies on the function's role"
     pairs = set()
     for policy in role["Policies"]:
-        for st in as_list(policy["PolicyDocument"]["Statement"]):
+        for st in map(when_on, as_list(policy["PolicyDocument"]["Statement"])):
             assert st.get("Effect") == "Allow", f"unexpected statement {st}"
             for action in as_list(st["Action"]):
                 for resource in as_list(st["Resource"]):
@@ -309,6 +333,34 @@ def test_environment_points_at_this_stack(template):
     assert env["PARKING_QUEUE_URL"] == {"Ref": "ParkingQueue"}
     assert env["DEDUP_TABLE_NAME"] == {"Ref": "DedupTable"}
     assert env["TOP_APP_SECRET_ARN"] == {"Ref": "AppSecretArn"}
+    assert env["ARCHIVE_URL"] == {
+        "Fn::If": [
+            "ArchiveOn",
+            {"Fn::Sub": ["s3://${Bucket}/${ArchivePrefix}", ARCHIVE_OBJECTS["Fn::Sub"][1]]},
+            "",
+        ]
+    }
+
+
+def test_archive_bucket_is_private_encrypted_tls_only_expiring_and_kept(template):
+    """The archive bucket (Archive=new, the default) blocks public access, encrypts at rest,
+    refuses plain HTTP, expires objects after ArchiveRetentionDays (90 by default) and survives
+    the stack's deletion; the archive's parameters default to on."""
+    params = template["Parameters"]
+    assert (params["Archive"]["Default"], params["ArchiveRetentionDays"]["Default"]) == ("new", 90)
+    assert set(params["Archive"]["AllowedValues"]) == {"new", "existing", "off"}
+    bucket = template["Resources"]["ArchiveBucket"]
+    assert (bucket["Condition"], bucket["DeletionPolicy"], bucket["UpdateReplacePolicy"]) == (
+        "ArchiveNew", "Retain", "Retain")
+    props = bucket["Properties"]
+    assert all(props["PublicAccessBlockConfiguration"].values())
+    assert len(props["PublicAccessBlockConfiguration"]) == 4
+    sse = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert sse["SSEAlgorithm"] in ("AES256", "aws:kms")
+    rules = props["LifecycleConfiguration"]["Rules"]
+    assert [(r["Status"], r["ExpirationInDays"]) for r in rules] == [("Enabled", {"Ref": "ArchiveRetentionDays"})]
+    policy = template["Resources"]["ArchiveBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert [(s["Effect"], s["Condition"]) for s in policy] == [("Deny", {"Bool": {"aws:SecureTransport": "false"}})]
 
 
 def fifo_groupings_in_code() -> tuple[list[str], str]:
@@ -464,7 +516,7 @@ def test_alarms_and_dashboard_use_metrics_the_code_emits(template):
 
 
 def test_outputs(template):
-    assert {"FunctionName", "RelayQueueUrl", "ParkingQueueUrl", "DedupTableName", "DashboardUrl"} <= set(
+    assert {"FunctionName", "RelayQueueUrl", "ParkingQueueUrl", "DedupTableName", "DashboardUrl", "ArchiveUrl"} <= set(
         template["Outputs"]
     )
 
@@ -487,6 +539,13 @@ PARKED_CALL_TO_GRANT = {
     "change_message_visibility_batch": ("sqs:ChangeMessageVisibility", "PARKING_QUEUE_ARN"),
 }
 REDRIVE_SEND = ("sqs:SendMessage", "RELAY_QUEUE_ARN")
+# `tmc-relay replay` (src/replay.rs reading through src/aws/s3.rs's S3Reader): it lists the
+# archive's prefix, reads its objects and sends to the relay queue (or --queue-url).
+REPLAY_CODE = [ROOT / "src" / "replay.rs", ROOT / "src" / "aws" / "s3.rs"]
+REPLAY_CALL_TO_GRANT = {
+    "list_objects_v2": ("s3:ListBucket", "ARCHIVE_BUCKET_ARN"),
+    "get_object": ("s3:GetObject", "ARCHIVE_OBJECTS_ARN"),
+}
 
 
 def test_operator_policy_grants_exactly_what_the_parked_commands_call():
@@ -500,7 +559,12 @@ def test_operator_policy_grants_exactly_what_the_parked_commands_call():
     assert sqs_calls, "found no SQS calls in src/parked: the scan is broken"
     unknown = {c for c in calls if c.startswith(("send_message", "receive_", "delete_message", "change_message", "purge_queue"))} - set(PARKED_CALL_TO_GRANT)
     assert not unknown, f"src/parked makes SQS calls this test does not know: {sorted(unknown)}"
-    expected = {PARKED_CALL_TO_GRANT[c] for c in sqs_calls} | {REDRIVE_SEND}
+    replay_calls = set()
+    for f in REPLAY_CODE:
+        replay_calls |= set(re.findall(r"\.([a-z0-9_]+)\(\)", f.read_text())) & set(REPLAY_CALL_TO_GRANT)
+    assert replay_calls == set(REPLAY_CALL_TO_GRANT), replay_calls
+    expected = {PARKED_CALL_TO_GRANT[c] for c in sqs_calls} | {REDRIVE_SEND} | {
+        REPLAY_CALL_TO_GRANT[c] for c in replay_calls}
     doc = json.loads((ROOT / "infra" / "operator-policy.json").read_text())
     granted_pairs = set()
     for st in doc["Statement"]:
