@@ -2,8 +2,9 @@
 # `make demo`: the deployed product at work, on this machine. Builds the host `bootstrap`,
 # starts ministack (a local AWS) and the TMC simulator on 127.0.0.1, deploys template.yaml
 # itself into ministack with the template's default parameters, invokes the function once with
-# a backfill payload, lets the stack's own schedule drain the rest, shows what happened, and
-# stops everything it started.
+# a backfill payload, lets the stack's own schedule drain the rest, shows what happened (the
+# reports, the queues, a query of the archive, a replay from it into a fresh queue), and stops
+# everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . infra/localenv.sh
@@ -43,6 +44,7 @@ main() {
     RELAY_QUEUE_URL=$(output RelayQueueUrl)
     PARKING_QUEUE_URL=$(output ParkingQueueUrl)
     LOG_GROUP=$(output LogGroupName)
+    ARCHIVE_URL=$(output ArchiveUrl)
 
     payload="{\"max_messages\": $BACKFILL}"
     log "invoking $FUNCTION with the backfill payload $payload (its report)"
@@ -61,6 +63,18 @@ main() {
 
     log "the parking queue"
     "$VENV_PY" infra/local.py peek --endpoint "$MINISTACK_ENDPOINT" --queue-url "$PARKING_QUEUE_URL" --n 1
+
+    log "the archive ($ARCHIVE_URL), read with DuckDB through the Athena table's columns (docs/operating.md, \"The archive\")"
+    "$VENV_PY" infra/local.py archive-query --endpoint "$MINISTACK_ENDPOINT" \
+        --archive-url "$ARCHIVE_URL" --into "$RUN_DIR/archive"
+
+    log "a consumer lost them all? replaying the last hour from the archive into a fresh queue (tmc-relay replay)"
+    replayed=$("$VENV_PY" infra/local.py create-queue --endpoint "$MINISTACK_ENDPOINT" --name replayed-demo)
+    since=$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)
+    until=$(date -u -d '+1 minute' +%Y-%m-%dT%H:%M:%SZ)
+    AWS_ENDPOINT_URL="$MINISTACK_ENDPOINT" "$TARGET_DIR/debug/tmc-relay" replay \
+        --archive-url "$ARCHIVE_URL" --queue-url "$replayed" --since "$since" --until "$until" --rate 3000
+    "$VENV_PY" infra/local.py peek --endpoint "$MINISTACK_ENDPOINT" --queue-url "$replayed" --n 1
 
     log "the simulator's state"
     "$VENV_PY" infra/local.py sim-state --url "$SIM_URL"

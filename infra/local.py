@@ -40,6 +40,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 REGION_DEFAULT = "us-east-1"
 
@@ -132,6 +133,53 @@ def cmd_peek(args: argparse.Namespace) -> int:
         except ValueError:
             body = m["Body"]
         print(json.dumps({"attributes": attrs, "body": body}, ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_archive_query(args: argparse.Namespace) -> int:
+    """Copies the archive's objects down and queries them with DuckDB, with the columns of the
+    documented Athena table: what the archive holds per topic, then one order's events."""
+    import duckdb  # installed into .venv from infra/requirements.txt
+
+    bucket, prefix = args.archive_url.removeprefix("s3://").split("/", 1)
+    s3 = _client("s3", args.endpoint, args.region)
+    into = Path(args.into)
+    n = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            path = into / obj["Key"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+            n += 1
+    print(f"{n} archive objects copied from {args.archive_url} to {into}")
+    if not n:
+        return 1
+    ddl = (Path(ROOT) / "infra" / "athena" / "archive-table.sql").read_text()
+    body = ddl[ddl.index("tmc_archive (") + len("tmc_archive ("):ddl.index("PARTITIONED BY")]
+    columns = re.findall(r"^\s*(\w+)\s+string", body, re.M)
+    spec = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in columns) + "}"
+    source = (f"read_json('{into}/**/*.jsonl.gz', format = 'newline_delimited', "
+              f"columns = {spec}, hive_partitioning = true)")
+    con = duckdb.connect()
+    print("SELECT dt, hour, topic, count(DISTINCT id) ... GROUP BY dt, hour, topic")
+    con.sql(f"SELECT dt, hour, topic, count(DISTINCT id) AS messages FROM {source} "
+            f"GROUP BY ALL ORDER BY ALL").show()
+    tid = con.execute(f"SELECT json_extract_string(content, '$.tid') FROM {source} "
+                      f"WHERE topic LIKE 'taobao_trade_%' AND json_extract_string(content, '$.tid') "
+                      f"IS NOT NULL LIMIT 1").fetchone()
+    if tid:
+        query = (f"SELECT DISTINCT id, topic, pub_time, consumed_at FROM {source} "
+                 f"WHERE topic LIKE 'taobao_trade_%' AND json_extract_string(content, '$.tid') = ? "
+                 f"ORDER BY pub_time")
+        print(f"one order's events (tid {tid[0]}):")
+        con.execute(query, [tid[0]])
+        for row in con.fetchall():
+            print("  ", *row)
+    return 0
+
+
+def cmd_create_queue(args: argparse.Namespace) -> int:
+    print(_client("sqs", args.endpoint, args.region).create_queue(QueueName=args.name)["QueueUrl"])
     return 0
 
 
@@ -539,6 +587,19 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--queue-url", required=True)
     s.add_argument("--n", type=int, default=3)
     s.set_defaults(func=cmd_peek)
+
+    s = sub.add_parser("archive-query", help="query an archive's objects with DuckDB (the Athena table's columns)")
+    s.add_argument("--endpoint", required=True)
+    s.add_argument("--region", default=REGION_DEFAULT)
+    s.add_argument("--archive-url", required=True, help="s3://bucket/prefix/ (the ArchiveUrl output)")
+    s.add_argument("--into", required=True, help="a directory to copy the objects into")
+    s.set_defaults(func=cmd_archive_query)
+
+    s = sub.add_parser("create-queue", help="create an SQS queue and print its URL")
+    s.add_argument("--endpoint", required=True)
+    s.add_argument("--region", default=REGION_DEFAULT)
+    s.add_argument("--name", required=True)
+    s.set_defaults(func=cmd_create_queue)
 
     s = sub.add_parser("deploy-local", help="deploy template.yaml into a local AWS (ministack)")
     s.add_argument("--endpoint", required=True)
