@@ -432,11 +432,12 @@ fn parse_num(
 }
 
 /// Endpoint overrides the AWS SDK reads from the environment (checked, not used, here).
-pub const AWS_ENDPOINT_VARS: [&str; 4] = [
+pub const AWS_ENDPOINT_VARS: [&str; 5] = [
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_SQS",
     "AWS_ENDPOINT_URL_DYNAMODB",
     "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+    "AWS_ENDPOINT_URL_S3",
 ];
 /// Allows plain http to a non-loopback AWS endpoint (local emulators on another host).
 pub const AWS_INSECURE_SWITCH: &str = "AWS_ENDPOINT_ALLOW_INSECURE_HTTP";
@@ -620,6 +621,9 @@ mod tests {
         }
         let e = err(&[("AWS_ENDPOINT_URL_SQS", "http://10.0.0.5:4566")]);
         assert_eq!(e.var, "AWS_ENDPOINT_URL_SQS");
+        // The archive holds order data too.
+        let e = err(&[("AWS_ENDPOINT_URL_S3", "http://10.0.0.5:4566")]);
+        assert_eq!(e.var, "AWS_ENDPOINT_URL_S3");
         assert!(e.problem.contains(AWS_INSECURE_SWITCH), "{e}");
         assert_eq!(
             err(&[("AWS_ENDPOINT_URL", "not a url")]).var,

@@ -73,7 +73,9 @@ pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::config::Builder::from(sdk)
         .retry_config(RetryConfig::standard().with_max_attempts(1))
         .timeout_config(timeouts)
-        .force_path_style(sdk.endpoint_url().is_some())
+        .force_path_style(
+            sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some(),
+        )
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }
