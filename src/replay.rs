@@ -13,12 +13,11 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use crate::relay::archive::ArchiveLocation;
+use crate::relay::archive::{message_of, ArchiveLocation};
 use crate::relay::biz_key::biz_key;
 use crate::relay::body::{relay_entry, FifoGroupBy};
 use crate::relay::ports::{EntryOutcome, Outgoing, PortError, Queue};
 use crate::relay::send::backoff_capped;
-use crate::top::TmcMessage;
 
 /// The attribute that marks a replayed message: the replay's start, RFC 3339.
 pub const REPLAYED_AT: &str = "tmc_replayed_at";
@@ -214,8 +213,7 @@ fn rebuild(
     max_bytes: usize,
     replayed_at: &str,
 ) -> Option<Outgoing> {
-    let raw: Value = serde_json::from_str(line["raw"].as_str()?).ok()?;
-    let msg = TmcMessage::from_value(raw);
+    let msg = message_of(line)?;
     let group = line["group_name"].as_str().unwrap_or("default");
     let mut entry = relay_entry(&msg, group, fifo, max_bytes).ok()?;
     entry.attributes.push((REPLAYED_AT, replayed_at.to_owned()));

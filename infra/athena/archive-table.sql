@@ -14,7 +14,7 @@ CREATE EXTERNAL TABLE IF NOT EXISTS tmc_archive (
   group_name   string,  -- the TMC group it was consumed from
   consumed_at  string,  -- RFC 3339, UTC
   batch        string,  -- the relay batch (also the object's name)
-  raw          string   -- the whole message object as TMC sent it, as JSON text
+  rest         string   -- every other field of the message as TMC sent it, as JSON text
 )
 PARTITIONED BY (dt string, hour string)
 ROW FORMAT SERDE 'org.openx.data.jsonserde.JsonSerDe'

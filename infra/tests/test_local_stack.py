@@ -466,7 +466,7 @@ def test_the_archive_holds_every_confirmed_message_and_answers_sql(stack, tmp_pa
     paths = archive_objects(stack, tmp_path)
     assert paths, "the archive is empty"
     columns = ddl_columns()
-    assert columns[:3] == ["id", "id_problem", "topic"] and "raw" in columns, columns
+    assert columns[:3] == ["id", "id_problem", "topic"] and "rest" in columns, columns
     con = duckdb.connect()
     spec = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in columns) + "}"
     source = (f"read_json('{tmp_path}/**/*.jsonl.gz', format = 'newline_delimited', "

@@ -81,6 +81,31 @@ impl TmcMessage {
     pub fn id_string(&self) -> Option<String> {
         self.id.map(|id| id.to_string())
     }
+
+    /// The message as received less its text fields (`topic`, `content`, `pub_time`,
+    /// `user_nick`): with them, [`TmcMessage::original`]. The archive keeps it beside them.
+    pub fn rest(&self) -> &Value {
+        &self.rest
+    }
+
+    /// A message from `rest` and its text fields, as [`TmcMessage::original`] would give them.
+    pub fn from_parts(
+        rest: Value,
+        topic: Option<&str>,
+        content: Option<&str>,
+        pub_time: Option<&str>,
+        user_nick: Option<&str>,
+    ) -> TmcMessage {
+        let mut v = rest;
+        if let Some(o) = v.as_object_mut() {
+            for (name, field) in MOVED.iter().zip([topic, content, pub_time, user_nick]) {
+                if let Some(text) = field {
+                    o.insert((*name).to_owned(), Value::String(text.to_owned()));
+                }
+            }
+        }
+        TmcMessage::from_value(v)
+    }
 }
 
 /// The largest TMC id: the platform's SDKs hold ids as Java `Long`s, and one larger number

@@ -171,8 +171,8 @@ impl<T: Tmc, Q: Queue, D: DedupStore> Relay<T, Q, D> {
         let consumed_at = now
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        let lines = archive::batch_lines(msgs, group, &consumed_at, batch);
-        Some((location.object_key(now, batch), archive::gzip(&lines)))
+        let body = archive::batch_object(msgs, group, &consumed_at, batch);
+        Some((location.object_key(now, batch), body))
     }
 
     /// Writes the batch's archive object, retrying what goes away with time until `until`.
