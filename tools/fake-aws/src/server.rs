@@ -500,6 +500,13 @@ async fn aws(
         }
     };
     let target = parts.headers.get(TARGET).and_then(|v| v.to_str().ok());
+    // S3 PutObject (a path-style PUT /bucket/key) on the memory backend: accepted and counted,
+    // not kept. A sink for the relay's archive writes in benchmarks, not an S3.
+    if parts.method == Method::PUT && target.is_none() && matches!(st.upstream, Upstream::Memory(_))
+    {
+        st.count("PutObject", |s| s.requests += 1);
+        return (StatusCode::OK, [("etag", "\"fake-aws\"")]).into_response();
+    }
     let (service, op) = parse_target(target);
     let path = parts
         .uri

@@ -144,7 +144,12 @@ pub(crate) struct Stand {
     pub(crate) sdk: aws_config::SdkConfig,
     /// RELAY_PARALLELISM for every run, when not the default.
     parallelism: Option<usize>,
+    /// Runs archive every batch (ARCHIVE_URL into fake-aws's S3 sink) while this is on.
+    pub(crate) archive: std::sync::atomic::AtomicBool,
 }
+
+/// Where the archive-on runs archive: fake-aws's memory backend accepts and counts the PUTs.
+pub(crate) const BENCH_ARCHIVE: &str = "s3://tmc-bench-archive/tmc/";
 
 static RUN: AtomicU32 = AtomicU32::new(0);
 
@@ -172,6 +177,7 @@ impl Stand {
             http: reqwest::Client::new(),
             sdk,
             parallelism,
+            archive: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -356,6 +362,9 @@ impl Stand {
         ]);
         if let Some(p) = self.parallelism {
             env.insert("RELAY_PARALLELISM".into(), p.to_string());
+        }
+        if self.archive.load(std::sync::atomic::Ordering::Relaxed) {
+            env.insert("ARCHIVE_URL".into(), BENCH_ARCHIVE.into());
         }
         env
     }
