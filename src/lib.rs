@@ -13,8 +13,8 @@
 //! - [`relay`]: one relay pass (consume → claim → enqueue → park → settle → confirm) written
 //!   against ports (`relay::ports`): the pass and its consume loops (`relay::pass`), one
 //!   batch's way (`relay::pass::batch`), the dedup protocol (`relay::lease`), flow control
-//!   (`relay::flow`) and in-memory ports for its unit tests.
-//! - [`aws`]: the SQS and DynamoDB adapters behind the relay's ports.
+//!   (`relay::flow`), the archive (`relay::archive`) and in-memory ports for its unit tests.
+//! - [`aws`]: the SQS, DynamoDB and S3 adapters behind the relay's ports.
 //! - [`parked`]: the operator's `parked` commands: list, show, redrive and purge parked messages.
 //! - [`replay`]: the operator's `replay` command: archived messages sent again.
 //! - [`config`]: environment configuration, read and validated once at start.
