@@ -246,7 +246,9 @@ impl Env {
                         let last = *stopped.borrow();
                         let got = receive_and_delete(&sqs, &url).await;
                         if got.is_empty() {
-                            if last {
+                            // All read only when nothing is in flight either: a receive whose
+                            // answer went astray hides its messages until their visibility ends.
+                            if last && in_queue(&sqs, &url).await == 0 {
                                 return out;
                             }
                             // Nothing yet: wait a little, or until told the sender is done.
@@ -327,9 +329,36 @@ async fn receive_ten(
         .unwrap_or_default()
 }
 
-/// One receive of up to 10 messages (hidden for 5 minutes), each deleted once read.
+/// Messages in a queue, visible or in flight.
+async fn in_queue(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let got = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap();
+    let attrs = got.attributes().cloned().unwrap_or_default();
+    [
+        A::ApproximateNumberOfMessages,
+        A::ApproximateNumberOfMessagesNotVisible,
+    ]
+    .iter()
+    .map(|a| {
+        attrs
+            .get(a)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    })
+    .sum()
+}
+
+/// One receive of up to 10 messages (hidden for 30 s, so one whose answer went astray comes
+/// back soon), each deleted once read.
 async fn receive_and_delete(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Received> {
-    let msgs = receive_ten(sqs, url, 300).await;
+    let msgs = receive_ten(sqs, url, 30).await;
     if msgs.is_empty() {
         return Vec::new();
     }
