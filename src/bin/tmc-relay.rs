@@ -365,27 +365,19 @@ async fn run(args: RunArgs) -> Result<ExitCode, String> {
         .await
         .map_err(|e| e.to_string())?;
     let progress = Arc::new(Progress::default());
-    let ticker = std::io::stderr().is_terminal().then(|| {
+    let ticker = {
         let p = Arc::clone(&progress);
-        tokio::spawn(async move {
-            let started = Instant::now();
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                eprint!(
-                    "\r{:>5}s  consumed {}  enqueued {}  confirmed {}   ",
-                    started.elapsed().as_secs(),
-                    p.consumed.load(Ordering::Relaxed),
-                    p.enqueued.load(Ordering::Relaxed),
-                    p.confirmed.load(Ordering::Relaxed)
-                );
-            }
+        ProgressLine::start(move || {
+            format!(
+                "consumed {}  enqueued {}  confirmed {}",
+                p.consumed.load(Ordering::Relaxed),
+                p.enqueued.load(Ordering::Relaxed),
+                p.confirmed.load(Ordering::Relaxed)
+            )
         })
-    });
+    };
     let report = app.run_stoppable(&overrides, None, progress, stop).await;
-    if let Some(t) = ticker {
-        t.abort();
-        eprintln!();
-    }
+    ticker.stop();
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     println!("{json}");
     if report.is_fatal() {
@@ -643,27 +635,16 @@ async fn parked_cmd(cmd: ParkedCmd, json: bool) -> Result<ExitCode, String> {
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default();
     let progress = Arc::new(parked::Progress::default());
-    let ticker = std::io::stderr().is_terminal().then(|| {
+    let ticker = {
         let p = Arc::clone(&progress);
-        tokio::spawn(async move {
-            let started = Instant::now();
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                eprint!(
-                    "\r{:>5}s  scanned {}  selected {}  done {}   ",
-                    started.elapsed().as_secs(),
-                    p.scanned.load(Ordering::Relaxed),
-                    p.selected.load(Ordering::Relaxed),
-                    p.done.load(Ordering::Relaxed)
-                );
-            }
+        ProgressLine::start(move || {
+            format!(
+                "scanned {}  selected {}  done {}",
+                p.scanned.load(Ordering::Relaxed),
+                p.selected.load(Ordering::Relaxed),
+                p.done.load(Ordering::Relaxed)
+            )
         })
-    });
-    let stop_ticker = |t: Option<tokio::task::JoinHandle<()>>| {
-        if let Some(t) = t {
-            t.abort();
-            eprintln!();
-        }
     };
     let failed = |e: tmc_relay::relay::ports::PortError| {
         eprintln!("error: {e}. Check PARKING_QUEUE_URL and the operator's SQS permissions (docs/operating.md)");
@@ -672,7 +653,7 @@ async fn parked_cmd(cmd: ParkedCmd, json: bool) -> Result<ExitCode, String> {
     match (sel, what.as_deref()) {
         (Some(sel), None) => {
             let listed = tools.list(&sel, now_ms, &progress).await;
-            stop_ticker(ticker);
+            ticker.stop();
             let listed = match listed {
                 Ok(l) => l,
                 Err(e) => return failed(e),
@@ -681,7 +662,7 @@ async fn parked_cmd(cmd: ParkedCmd, json: bool) -> Result<ExitCode, String> {
         }
         (None, Some(id)) => {
             let shown = tools.show(id, now_ms).await;
-            stop_ticker(ticker);
+            ticker.stop();
             let shown = match shown {
                 Ok(s) => s,
                 Err(e) => return failed(e),
@@ -714,7 +695,7 @@ async fn parked_cmd(cmd: ParkedCmd, json: bool) -> Result<ExitCode, String> {
             } else {
                 tools.purge(&sel, &progress).await
             };
-            stop_ticker(ticker);
+            ticker.stop();
             print(json, &report, || run_text(&report))?;
             if let Some(e) = &report.error {
                 eprintln!("error: {e}");
@@ -820,6 +801,32 @@ fn run_text(r: &parked::RunReport) -> String {
     out.join("\n")
 }
 
+/// A progress line on a terminal's stderr, redrawn every second with the elapsed seconds and
+/// what `line` says; nothing when stderr is not a terminal.
+struct ProgressLine(Option<tokio::task::JoinHandle<()>>);
+
+impl ProgressLine {
+    fn start(line: impl Fn() -> String + Send + 'static) -> Self {
+        Self(std::io::stderr().is_terminal().then(|| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    eprint!("\r{:>5}s  {}   ", started.elapsed().as_secs(), line());
+                }
+            })
+        }))
+    }
+
+    /// Stops redrawing and ends the line.
+    fn stop(self) {
+        if let Some(t) = self.0 {
+            t.abort();
+            eprintln!();
+        }
+    }
+}
+
 /// `tmc-relay replay`: exit 0 when every selected message was sent (or would be, in a dry
 /// run), 1 when something failed, was unsendable or nothing matched, 2 on a bad flag or
 /// setting (nothing sent).
@@ -846,27 +853,19 @@ async fn replay_cmd(args: ReplayArgs, json: bool) -> Result<ExitCode, String> {
         fifo_group_by: env.fifo_group_by,
     };
     let progress = Arc::new(replay::Progress::default());
-    let ticker = std::io::stderr().is_terminal().then(|| {
+    let ticker = {
         let p = Arc::clone(&progress);
-        tokio::spawn(async move {
-            let started = Instant::now();
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                eprint!(
-                    "\r{:>5}s  objects {}  matched {}  sent {}   ",
-                    started.elapsed().as_secs(),
-                    p.objects.load(Ordering::Relaxed),
-                    p.matched.load(Ordering::Relaxed),
-                    p.sent.load(Ordering::Relaxed)
-                );
-            }
+        ProgressLine::start(move || {
+            format!(
+                "objects {}  matched {}  sent {}",
+                p.objects.load(Ordering::Relaxed),
+                p.matched.load(Ordering::Relaxed),
+                p.sent.load(Ordering::Relaxed)
+            )
         })
-    });
+    };
     let done = replay::replay(&reader, &env.archive, &queue, &sel, &opts, &progress).await;
-    if let Some(t) = ticker {
-        t.abort();
-        eprintln!();
-    }
+    ticker.stop();
     let out = match done {
         Ok(out) => out,
         Err(e) => {
